@@ -1,0 +1,194 @@
+"""Typed, validated configuration. Every key is documented in configs/default.yaml.
+
+A config is loaded from YAML (safe_load), validated (an unknown key, a wrong type or a bad
+value is a one-line error naming the key and the file), then CLI flags are merged on top:
+a flag left unset (None) never overrides the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, InputError
+
+OBSERVERS = ["MSEObserver", "EMAMSEObserver", "MinMaxObserver", "EMAMinMaxObserver",
+             "EMAQuantileObserver", "ClipStdObserver", "KLDObserver"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    # torchvision name (resnet18, ...), `embedded`, `package.module:factory`, or `file.py:factory`
+    name: str = "embedded"
+    # DEFAULT (torchvision's pretrained weights from the local torch cache), none (random
+    # init), or a path to a state_dict file (.pt/.pth loaded with weights_only=True, or .safetensors)
+    weights: str = "DEFAULT"
+    # number of classes, for factories and torchvision models built without pretrained weights
+    num_classes: Optional[int] = Field(default=None, gt=0)
+
+
+class DataConfig(_Section):
+    # digits | idx:PATH | imagefolder:PATH | images:PATH
+    dataset: str = "digits"
+    bs: int = Field(default=64, gt=0)
+    sb: int = Field(default=0, ge=0)
+    eb: int = Field(default=15, ge=0)
+    seed: int = 0
+    calibration_size: int = Field(default=1024, gt=0)
+    # which split to evaluate on: test (digits/idx), val (imagefolder)
+    eval_split: Literal["test", "val", "train"] = "test"
+    # evaluate on at most this many images (None: all of the split)
+    eval_size: Optional[int] = Field(default=None, gt=0)
+    # side of the square input for imagefolder/images (Resize 256/224 * image_size)
+    image_size: int = Field(default=224, gt=0)
+    workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.sb > self.eb:
+            raise ValueError(f"sb ({self.sb}) must not exceed eb ({self.eb})")
+        return self
+
+
+class QuantizerConfig(_Section):
+    observer: str = "MSEObserver"
+    per_channel: bool = False
+    symmetric: bool = True
+    pot_scale: bool = False
+
+    @field_validator("observer")
+    @classmethod
+    def _known_observer(cls, v: str) -> str:
+        if v not in OBSERVERS:
+            raise ValueError(f"unknown observer {v!r}; one of {', '.join(OBSERVERS)}")
+        return v
+
+
+class QuantConfig(_Section):
+    backend: Literal["Academic"] = "Academic"
+    weight_candidates: List[int] = Field(default_factory=lambda: [2, 4, 8])
+    activation_bits: int = Field(default=8, ge=2, le=16)
+    weight: QuantizerConfig = Field(default_factory=QuantizerConfig)
+    activation: QuantizerConfig = Field(
+        default_factory=lambda: QuantizerConfig(observer="EMAMSEObserver", symmetric=False))
+
+    @field_validator("weight_candidates")
+    @classmethod
+    def _candidates(cls, v: List[int]) -> List[int]:
+        if not v:
+            raise ValueError("needs at least one width")
+        if any(b < 1 or b > 16 for b in v):
+            raise ValueError("widths must lie in 1..16")
+        if len(set(v)) != len(v):
+            raise ValueError("widths must be distinct")
+        return sorted(v)
+
+
+class LayersConfig(_Section):
+    # decided layers: quantizable layers whose names match an include glob and no exclude glob
+    include: List[str] = Field(default_factory=lambda: ["*"])
+    exclude: List[str] = Field(default_factory=list)
+    # keep the first quantizable layer and the last one (the classifier) out of the decision
+    fix_first_last: bool = True
+    # extra layers to keep fixed (globs)
+    fixed: List[str] = Field(default_factory=list)
+    fixed_weight_bits: int = Field(default=8, ge=2, le=16)
+    fixed_activation_bits: int = Field(default=8, ge=2, le=16)
+
+
+class PrepConfig(_Section):
+    loss: Literal["ce", "kl"] = "ce"
+    engine: Literal["fast", "reference"] = "fast"
+    # HAWQ trace estimator: per-layer probes, or all layers from the same probes
+    hawq_estimator: Literal["per-layer", "all-layers"] = "per-layer"
+    hawq_max_iter: int = Field(default=100, gt=0)
+    hawq_tol: float = Field(default=1e-3, gt=0)
+
+
+class OptimizeConfig(_Section):
+    psd: Literal["clip", "shift"] = "clip"
+    solver: str = "auto"
+    time_limit: float = Field(default=120.0, gt=0)
+    # budgets for `clado run`: sizes with units (4MB, 800KB) or average bits (avg:4.5)
+    budgets: List[str] = Field(default_factory=list)
+    methods: List[Literal["clado", "mpqco", "hawq", "naive"]] = Field(
+        default_factory=lambda: ["clado", "mpqco", "hawq", "naive"])
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    layers: LayersConfig = Field(default_factory=LayersConfig)
+    prep: PrepConfig = Field(default_factory=PrepConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
+    cache_dir: str = ".clado-cache"
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    threads: Optional[int] = Field(default=None, gt=0)
+    # where the config came from (not a key users set)
+    source: Optional[str] = Field(default=None, exclude=True)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"source"})
+
+    def digest(self, *sections: str) -> str:
+        d = self.to_dict()
+        picked = {k: d[k] for k in sections} if sections else d
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{where}: {key}: {msg}"
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> Config:
+    """Load a YAML config (or the defaults when path is None) and apply dotted overrides
+    such as {"data.bs": 32}; None values in overrides are ignored."""
+    raw: Dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise InputError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{p}: YAML syntax error{at}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        raw = loaded
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {part} must be a mapping")
+        node[parts[-1]] = value
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, where)) from None
+    cfg.source = where
+    return cfg

@@ -1,0 +1,42 @@
+"""Errors that the command line turns into one `Error: ...` line and an exit code.
+
+Exit codes (documented in the README):
+  2  usage error: bad flag values, bad config keys or types, unknown names
+  3  input-data error: missing or corrupt files, mismatched caches or decisions
+  4  solver error: no solver available, solver failed or hit its limit without a solution
+  5  environment error: device not available, directory not writable
+"""
+from __future__ import annotations
+
+
+class CladoError(Exception):
+    """Base for every error clado reports to a user. The message is one line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class UsageError(CladoError):
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class InputError(CladoError):
+    exit_code = 3
+
+
+class CacheError(InputError):
+    pass
+
+
+class SolverError(CladoError):
+    exit_code = 4
+
+
+class EnvironmentProblem(CladoError):
+    exit_code = 5
