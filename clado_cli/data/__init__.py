@@ -1,0 +1,55 @@
+"""Data sets behind one registry, and the batching that defines the sensitivity and
+calibration sets (SPEC, Terms).
+
+A spec string is `digits` or `KIND:PATH`:
+  digits            scikit-learn's bundled 8x8 digits (no download)
+  idx:PATH          MNIST-format IDX files (MNIST, Fashion-MNIST), gzipped or not
+  imagefolder:PATH  ImageNet layout PATH/train/<class>/*, PATH/val/<class>/*
+  images:PATH       a tree of unlabeled images (labels -1; see pseudo_label)
+"""
+from __future__ import annotations
+
+from .base import DATASETS, DataSplits, Relabeled, TensorData, check_eval_split, parse_spec
+from . import digits as _digits  # noqa: F401  (registers "digits")
+from . import idx as _idx  # noqa: F401  (registers "idx")
+from . import folders as _folders  # noqa: F401  (registers "imagefolder", "images")
+from .batches import (
+    calibration_batches,
+    calibration_indices,
+    eval_batches,
+    num_batches,
+    permutation,
+    sensitivity_batch,
+    sensitivity_batches,
+)
+from .folders import pseudo_label
+from ..errors import UsageError
+
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "TensorData",
+    "Relabeled",
+    "load_data",
+    "parse_spec",
+    "pseudo_label",
+    "permutation",
+    "num_batches",
+    "sensitivity_batch",
+    "sensitivity_batches",
+    "calibration_batches",
+    "calibration_indices",
+    "eval_batches",
+]
+
+
+def load_data(spec: str, image_size: int = 224, eval_split: str = "test") -> DataSplits:
+    """Load the data set named by `spec`. `eval_split` picks the evaluation split: "test" or
+    "val" -> the held-out split (digits/idx: the test part; imagefolder: val/), "train" -> the
+    training split. For images:PATH both splits are the same file list."""
+    kind, path = parse_spec(spec)
+    loader = DATASETS.get(kind)
+    check_eval_split(eval_split)
+    if int(image_size) <= 0:
+        raise UsageError(f"image size must be positive, got {image_size}")
+    return loader(spec.strip(), path, int(image_size), eval_split)

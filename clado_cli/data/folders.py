@@ -1,0 +1,188 @@
+"""Image files on disk: `imagefolder:PATH` (ImageNet layout, labeled) and `images:PATH` (a tree
+of unlabeled images), both with the deterministic ImageNet evaluation transform, and
+`pseudo_label` to label the latter with a float model's predictions."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+
+from ..errors import InputError
+from .base import DATASETS, DataSplits, Relabeled, TensorData, existing_dir
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def eval_transform(image_size: int) -> Callable:
+    """Resize(image_size * 256/224) + CenterCrop(image_size) + ToTensor + Normalize(ImageNet).
+    Used for train and eval alike: no randomness, so a batch is the same pixels every run."""
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Resize(int(image_size * 256 / 224)),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def load_rgb(path: str):
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except OSError as e:  # includes PIL.UnidentifiedImageError and truncated files
+        raise InputError(f"cannot read image {path}: {e}") from None
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+# ---------------------------------------------------------------------------- imagefolder
+
+
+class _FixedClassesFolder(ImageFolder):
+    """torchvision ImageFolder with the class list given (the training split's), so that class
+    indices agree between splits even when a split lacks some class. Module-level so that
+    DataLoader workers can pickle it."""
+
+    def __init__(self, root: str, classes: List[str], transform: Callable):
+        self._classes = list(classes)
+        super().__init__(root, transform=transform, loader=load_rgb, allow_empty=True)
+
+    def find_classes(self, directory: str) -> Tuple[List[str], Dict[str, int]]:
+        return list(self._classes), {c: i for i, c in enumerate(self._classes)}
+
+
+def _image_folder(root: str, classes: List[str], transform: Callable):
+    return _FixedClassesFolder(root, classes, transform)
+
+
+def _class_dirs(root: str) -> List[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir())
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder_splits(spec: str, path: Optional[str], image_size: int, eval_split: str) -> DataSplits:
+    root = existing_dir("imagefolder", path)
+    train_dir = os.path.join(root, "train")
+    val_dir = os.path.join(root, "val")
+    if not os.path.isdir(train_dir):
+        raise InputError(f"imagefolder data at {path}: missing train/ (expected {path}/train/<class>/*.JPEG)")
+    classes = _class_dirs(train_dir)
+    if not classes:
+        raise InputError(f"imagefolder data at {path}: train/ has no class folders (expected train/<class>/*.JPEG)")
+    transform = eval_transform(image_size)
+    train = _image_folder(train_dir, classes, transform)
+    if len(train) == 0:
+        raise InputError(
+            f"imagefolder data at {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in train/<class>/"
+        )
+    if eval_split == "train":
+        held_out = train
+    else:
+        if not os.path.isdir(val_dir):
+            raise InputError(f"imagefolder data at {path}: missing val/ (expected {path}/val/<class>/*.JPEG)")
+        extra = sorted(set(_class_dirs(val_dir)) - set(classes))
+        if extra:
+            raise InputError(
+                f"imagefolder data at {path}: val/ has classes that train/ lacks: {', '.join(extra[:5])}"
+                + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+            )
+        held_out = _image_folder(val_dir, classes, transform)
+        if len(held_out) == 0:
+            raise InputError(
+                f"imagefolder data at {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in val/<class>/"
+            )
+    return DataSplits(
+        spec=spec,
+        train=train,
+        eval=held_out,
+        num_classes=len(classes),
+        input_shape=(3, image_size, image_size),
+        labeled=True,
+    )
+
+
+# ---------------------------------------------------------------------------- images
+
+
+class ImageFiles(Dataset):
+    """A fixed list of image files, unlabeled: items are `(image, -1)`."""
+
+    def __init__(self, files: List[str], transform: Callable):
+        self.files = list(files)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.transform(load_rgb(self.files[i])), -1
+
+
+def list_images(root: str) -> List[str]:
+    """Every image file under `root` (recursive), sorted by path relative to `root`."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in filenames:
+            if _is_image(name):
+                full = os.path.join(dirpath, name)
+                found.append((os.path.relpath(full, root), full))
+    return [full for _, full in sorted(found)]
+
+
+@DATASETS.register("images")
+def load_images_splits(spec: str, path: Optional[str], image_size: int, eval_split: str) -> DataSplits:
+    root = existing_dir("images", path)
+    files = list_images(root)
+    if not files:
+        raise InputError(f"images data at {path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    ds = ImageFiles(files, eval_transform(image_size))
+    return DataSplits(
+        spec=spec,
+        train=ds,
+        eval=ds,
+        num_classes=None,
+        input_shape=(3, image_size, image_size),
+        labeled=False,
+    )
+
+
+# ---------------------------------------------------------------------------- pseudo labels
+
+
+def pseudo_label(dataset: Dataset, model: torch.nn.Module, device="cpu", bs: int = 64, workers: int = 0) -> Dataset:
+    """`dataset` with each label replaced by `model`'s argmax prediction on that image.
+    The predictions are computed once, in order, in batches of `bs`, under torch.no_grad()
+    with the model in eval mode (its previous mode is restored)."""
+    from .batches import eval_batches
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    preds = []
+    try:
+        with torch.no_grad():
+            for x, _ in eval_batches(dataset, bs, None, workers=workers):
+                preds.append(model(x.to(device)).argmax(dim=1).cpu())
+    finally:
+        model.train(was_training)
+    labels = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
+    if isinstance(dataset, TensorData):
+        return TensorData(dataset.images, labels)
+    if isinstance(dataset, Relabeled):
+        return Relabeled(dataset.base, labels)
+    return Relabeled(dataset, labels)

@@ -1,0 +1,125 @@
+"""`idx:PATH`: MNIST-format (IDX) files, as MNIST and Fashion-MNIST ship them, gzipped or not.
+
+The IDX format: two zero bytes, a type byte (0x08 = unsigned byte, ...), a byte with the number
+of dimensions d, then d big-endian uint32 sizes, then the data in C order, big-endian."""
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .base import DATASETS, DataSplits, TensorData, existing_dir, first_existing
+
+# MNIST's usual normalization (mean and std of its training pixels in [0, 1]).
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+_IDX_TYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def read_idx(path: str, ndim: Optional[int] = None) -> np.ndarray:
+    """Parse one IDX file (gzip detected by its magic bytes). Any damage -> InputError naming
+    the file."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"corrupt IDX file {path}: {e}") from None
+    if len(raw) < 4:
+        raise InputError(f"corrupt IDX file {path}: truncated header ({len(raw)} bytes)")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        magic = int.from_bytes(raw[:4], "big")
+        raise InputError(f"corrupt IDX file {path}: bad magic number 0x{magic:08x}")
+    dims_n = raw[3]
+    if ndim is not None and dims_n != ndim:
+        expected = (0x0800 | ndim)
+        raise InputError(
+            f"IDX file {path} has {dims_n} dimensions (magic 0x{int.from_bytes(raw[:4], 'big'):08x}); "
+            f"{name} should have {ndim} (magic 0x{expected:08x})"
+        )
+    header = 4 + 4 * dims_n
+    if len(raw) < header:
+        raise InputError(f"corrupt IDX file {path}: truncated header")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=dims_n, offset=4))
+    dtype = _IDX_TYPES[raw[2]]
+    need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    have = len(raw) - header
+    if have < need:
+        raise InputError(f"corrupt IDX file {path}: truncated (data has {have} bytes, header says {need})")
+    if have > need:
+        raise InputError(f"corrupt IDX file {path}: {have - need} bytes beyond the size in its header")
+    return np.frombuffer(raw, dtype=dtype, count=need // dtype.itemsize, offset=header).reshape(dims)
+
+
+def _find(directory: str, spec_path: str, prefix: str, what: str, code: str) -> str:
+    base = f"{prefix}-{what}-{code}-ubyte"
+    alt = f"{prefix}-{what}.{code}-ubyte"  # some mirrors use a dot
+    found = first_existing(directory, [base + ".gz", base, alt + ".gz", alt])
+    if found is None:
+        raise InputError(f"idx data at {spec_path}: missing {base}.gz (or un-gzipped {base})")
+    return found
+
+
+def _load_split(directory: str, spec_path: str, prefix: str) -> Tuple[np.ndarray, np.ndarray, str]:
+    images_path = _find(directory, spec_path, prefix, "images", "idx3")
+    labels_path = _find(directory, spec_path, prefix, "labels", "idx1")
+    images = read_idx(images_path, ndim=3)
+    labels = read_idx(labels_path, ndim=1)
+    if images.shape[0] != labels.shape[0]:
+        raise InputError(
+            f"idx data at {spec_path}: {os.path.basename(images_path)} has {images.shape[0]} images "
+            f"but {os.path.basename(labels_path)} has {labels.shape[0]} labels"
+        )
+    if labels.size and labels.min() < 0:
+        raise InputError(f"idx data at {spec_path}: negative label in {os.path.basename(labels_path)}")
+    return images, labels, images_path
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images.astype(np.float32))
+    if images.dtype == np.uint8:
+        x = x / 255.0
+    return ((x - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+
+
+@DATASETS.register("idx")
+def load_idx_splits(spec: str, path: Optional[str], image_size: int, eval_split: str) -> DataSplits:
+    directory = existing_dir("idx", path)
+    tr_x, tr_y, _ = _load_split(directory, path, "train")
+    train = TensorData(_to_tensor(tr_x), torch.from_numpy(tr_y.astype(np.int64)))
+    labels = [tr_y]
+    if eval_split == "train":
+        held_out = train
+    else:
+        te_x, te_y, te_path = _load_split(directory, path, "t10k")
+        if te_x.shape[1:] != tr_x.shape[1:]:
+            raise InputError(
+                f"idx data at {path}: {os.path.basename(te_path)} has images of {te_x.shape[1:]}, "
+                f"the training images are {tr_x.shape[1:]}"
+            )
+        held_out = TensorData(_to_tensor(te_x), torch.from_numpy(te_y.astype(np.int64)))
+        labels.append(te_y)
+    top = max((int(y.max()) for y in labels if y.size), default=-1)
+    return DataSplits(
+        spec=spec,
+        train=train,
+        eval=held_out,
+        num_classes=top + 1 if top >= 0 else None,
+        input_shape=(1, int(tr_x.shape[1]), int(tr_x.shape[2])),
+        labeled=True,
+    )
