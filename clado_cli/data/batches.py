@@ -1,0 +1,123 @@
+"""The batches that define clado's data sets of record (SPEC, Terms):
+
+- sensitivity set: batch k = training images perm[k*bs:(k+1)*bs] of a seeded permutation of the
+  training split, full batches only, so batch k is the same images for every method and run;
+- calibration set: the first `size` images of the same permutation;
+- evaluation: the evaluation split in order.
+
+Items are stacked with torch.stack (or indexed directly for in-memory data); `workers > 0`
+loads file-backed data through a DataLoader over a Subset instead."""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..errors import InputError, UsageError
+from .base import TensorData
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+def permutation(n: int, seed: int) -> torch.Tensor:
+    """A permutation of range(n), the same for the same (n, seed) on every machine."""
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return torch.randperm(int(n), generator=g)
+
+
+def num_batches(train_ds: Dataset, bs: int) -> int:
+    """How many full sensitivity batches of `bs` the training split holds."""
+    _check_bs(bs)
+    return len(train_ds) // bs
+
+
+def sensitivity_batch(train_ds: Dataset, k: int, bs: int, seed: int, workers: int = 0) -> Batch:
+    """Sensitivity batch k: (x, y) of the training images perm[k*bs:(k+1)*bs]."""
+    _check_bs(bs)
+    n = len(train_ds)
+    if k < 0:
+        raise InputError(f"batch index must be 0 or more, got {k}")
+    if (k + 1) * bs > n:
+        raise InputError(
+            f"batch {k} needs images {k * bs}..{(k + 1) * bs - 1}; the training split has {n} images "
+            f"({n // bs} full batches of {bs})"
+        )
+    idx = permutation(n, seed)[k * bs : (k + 1) * bs]
+    return next(_batched(train_ds, idx, bs, workers))
+
+
+def sensitivity_batches(
+    train_ds: Dataset, sb: int, eb: int, bs: int, seed: int, workers: int = 0
+) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+    """(k, x, y) for the sensitivity batches sb..eb inclusive; the range is checked when this
+    is called, before any batch is loaded."""
+    _check_bs(bs)
+    if sb > eb:
+        raise UsageError(f"sb ({sb}) must not exceed eb ({eb})")
+    n = len(train_ds)
+    if sb < 0:
+        raise InputError(f"batch index must be 0 or more, got {sb}")
+    if (eb + 1) * bs > n:
+        raise InputError(
+            f"batch {eb} needs images {eb * bs}..{(eb + 1) * bs - 1}; the training split has {n} images "
+            f"({n // bs} full batches of {bs})"
+        )
+    idx = permutation(n, seed)[sb * bs : (eb + 1) * bs]
+    return ((k, x, y) for k, (x, y) in zip(range(sb, eb + 1), _batched(train_ds, idx, bs, workers)))
+
+
+def calibration_indices(n: int, size: int, seed: int) -> torch.Tensor:
+    """Indices of the calibration images: the first min(size, n) of the seeded permutation."""
+    if size <= 0:
+        raise UsageError(f"calibration size must be positive, got {size}")
+    return permutation(n, seed)[: min(int(size), n)]
+
+
+def calibration_batches(train_ds: Dataset, size: int, bs: int, seed: int, workers: int = 0) -> Iterator[Batch]:
+    """The first `size` images of the seeded permutation of the training split (the whole split
+    if it is smaller), in batches of `bs`; the last batch may be partial."""
+    _check_bs(bs)
+    return _batched(train_ds, calibration_indices(len(train_ds), size, seed), bs, workers)
+
+
+def eval_batches(eval_ds: Dataset, bs: int, limit: Optional[int] = None, workers: int = 0) -> Iterator[Batch]:
+    """The evaluation split in order, at most `limit` images, in batches of `bs`."""
+    _check_bs(bs)
+    if limit is not None and limit <= 0:
+        raise UsageError(f"evaluation limit must be positive, got {limit}")
+    n = len(eval_ds) if limit is None else min(int(limit), len(eval_ds))
+    return _batched(eval_ds, torch.arange(n), bs, workers)
+
+
+# ---------------------------------------------------------------------------- internals
+
+
+def _check_bs(bs: int) -> None:
+    if int(bs) <= 0:
+        raise UsageError(f"batch size must be positive, got {bs}")
+
+
+def _stack(ds: Dataset, idx: Sequence[int]) -> Batch:
+    xs, ys = [], []
+    for i in idx:
+        x, y = ds[int(i)]
+        xs.append(x)
+        ys.append(int(y))
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+
+
+def _batched(ds: Dataset, idx: torch.Tensor, bs: int, workers: int = 0) -> Iterator[Batch]:
+    """Batches of `bs` of ds[idx] in the order of `idx`."""
+    if isinstance(ds, TensorData):
+        for s in range(0, len(idx), bs):
+            j = idx[s : s + bs]
+            yield ds.images[j], ds.labels[j]
+    elif workers > 0:
+        loader = DataLoader(Subset(ds, idx.tolist()), batch_size=bs, shuffle=False, num_workers=workers)
+        for x, y in loader:
+            yield x, torch.as_tensor(y, dtype=torch.int64)
+    else:
+        for s in range(0, len(idx), bs):
+            yield _stack(ds, idx[s : s + bs].tolist())
