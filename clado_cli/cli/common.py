@@ -1,0 +1,110 @@
+"""Pieces every command shares: the error boundary, config loading with flag overrides,
+and JSON/table output."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import typer
+
+from ..console import err, out, set_quiet
+from ..errors import CladoError
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/default.yaml).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto.")
+ThreadsOpt = typer.Option(None, "--threads", help="torch CPU threads.")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="Root of the sensitivity caches.")
+ModelOpt = typer.Option(None, "--model", help="Model: torchvision name, embedded, pkg.mod:fn or file.py:fn.")
+WeightsOpt = typer.Option(None, "--weights", help="DEFAULT, none, or a state_dict file.")
+DataOpt = typer.Option(None, "--data", help="Data set: digits, idx:PATH, imagefolder:PATH, images:PATH.")
+BsOpt = typer.Option(None, "--bs", help="Batch size of the sensitivity batches.")
+SeedOpt = typer.Option(None, "--seed", help="Seed of the training-split permutation.")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No logs or progress on stderr.")
+
+
+def boundary(fn):
+    """Turn library errors into one `Error: ...` line and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CladoError as exc:
+            err.print(f"[red]Error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("[red]Error:[/red] interrupted")
+            raise typer.Exit(130)
+        except Exception as exc:  # a bug or an unexpected library failure: still one line
+            if os.environ.get("CLADO_DEBUG"):
+                traceback.print_exc()
+            first = (str(exc).strip().splitlines() or [""])[0]
+            if "out of memory" in first.lower():
+                err.print(f"[red]Error:[/red] out of memory on the device: {first} (try a smaller --bs)", soft_wrap=True)
+                raise typer.Exit(5)
+            err.print(f"[red]Error:[/red] {type(exc).__name__}: {first} (set CLADO_DEBUG=1 for the traceback)",
+                      soft_wrap=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def load(config: Optional[Path], quiet: bool = False, **flags: Any):
+    """The config from `config` with every flag that was given (not None) on top."""
+    from ..config import load_config
+
+    set_quiet(quiet)
+    mapping = {
+        "device": "device", "threads": "threads", "cache_dir": "cache_dir", "model": "model.name",
+        "weights": "model.weights", "data": "data.dataset", "bs": "data.bs", "seed": "data.seed",
+        "sb": "data.sb", "eb": "data.eb", "engine": "prep.engine", "loss": "prep.loss",
+        "psd": "optimize.psd", "solver": "optimize.solver", "time_limit": "optimize.time_limit",
+        "hawq_estimator": "prep.hawq_estimator",
+    }
+    overrides: Dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key not in mapping:
+            raise KeyError(key)
+        overrides[mapping[key]] = value
+    return load_config(config, overrides)
+
+
+def session_for(cfg):
+    from ..session import Session
+
+    return Session(cfg)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+    sys.stdout.flush()
+
+
+def _default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    from ..prep.cache import atomic_write
+
+    atomic_write(Path(path), (json.dumps(obj, indent=2, default=_default) + "\n").encode())

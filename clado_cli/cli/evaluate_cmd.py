@@ -1,0 +1,87 @@
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..console import out
+from . import app
+from .common import (ConfigOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, boundary, load, print_json, session_for,
+                     write_json)
+
+
+def results_table(rows, title: str) -> Table:
+    from ..optimize import format_bytes
+
+    t = Table(title=title)
+    for col in ["model", "top-1", "top-5", "loss", "decided", "total", "time"]:
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        t.add_row(r["label"], f"{100 * r['top1']:.2f}%", f"{100 * r['top5']:.2f}%", f"{r['loss']:.4f}",
+                  format_bytes(r["sizes"]["decided_bytes"]), format_bytes(r["sizes"]["total_bytes"]),
+                  f"{r['seconds']:.2f}s")
+    return t
+
+
+@app.command("evaluate")
+@boundary
+def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON files from clado optimize."),
+             config: Optional[Path] = ConfigOpt,
+             uniform: Optional[str] = typer.Option(None, "--uniform", help="Add uniform baselines, e.g. 2,4,8 (and float)."),
+             eval_size: Optional[int] = typer.Option(None, "--eval-size", help="Evaluate on at most this many images."),
+             device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+             output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results JSON here."),
+             as_json: bool = JsonOpt, quiet: bool = QuietOpt):
+    """Evaluate decisions (and uniform baselines) on the evaluation split: top-1, top-5, loss, sizes.
+
+    Example: clado evaluate runs/demo/decisions/decision-clado-avg3.json --uniform 2,4,8
+    """
+    from ..config import load_config
+    from ..decide import read_decision
+    from ..errors import UsageError
+    from ..evaluate import evaluate_decision, evaluate_uniform
+
+    decisions = decisions or []
+    if not decisions and uniform is None:
+        raise UsageError("nothing to evaluate: give decision files and/or --uniform")
+    docs = [(str(p), read_decision(p)) for p in decisions]
+    if config is None and docs:
+        # the decision carries its config: evaluate with exactly that set-up (flags still override)
+        flat = _flatten(docs[0][1]["config"])
+        flat.update({"device": device, "threads": threads, "data.eval_size": eval_size})
+        cfg = load_config(None, flat)
+    else:
+        cfg = load(config, quiet, device=device, threads=threads)
+        if eval_size is not None:
+            cfg = load_config(None, {**_flatten(cfg.to_dict()), "data.eval_size": eval_size})
+    from ..console import set_quiet
+
+    set_quiet(quiet)
+    s = session_for(cfg)
+    widths = []
+    if uniform:
+        try:
+            widths = [int(b) for b in uniform.split(",") if b.strip()]
+        except ValueError:
+            raise UsageError(f"--uniform {uniform!r}: use a comma list of widths, e.g. 2,4,8") from None
+    rows = evaluate_uniform(s, widths) if uniform is not None else []
+    for where, d in docs:
+        rows.append(evaluate_decision(s, d, where))
+    result = {"fingerprint": s.fingerprint, "results": rows}
+    if output is not None:
+        write_json(output, result)
+    if as_json:
+        print_json(result)
+    else:
+        out.print(results_table(rows, f"{cfg.model.name} on {cfg.data.dataset} ({rows[0]['samples']} images)"))
+
+
+def _flatten(d, prefix=""):
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat

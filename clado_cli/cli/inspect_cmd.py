@@ -1,0 +1,62 @@
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..console import out
+from . import app
+from .common import (CacheDirOpt, ConfigOpt, DataOpt, JsonOpt, ModelOpt, QuietOpt, WeightsOpt, boundary, load,
+                     print_json)
+
+
+@app.command("inspect")
+@boundary
+def inspect(config: Optional[Path] = ConfigOpt,
+            cache: Optional[Path] = typer.Option(None, "--cache", help="A fingerprint directory (default: the config's)."),
+            bits: Optional[int] = typer.Option(None, "--bits", help="Width for the interaction heatmap (default: smallest)."),
+            heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the CLADO interaction heatmap PNG here."),
+            csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-layer sensitivities as CSV here."),
+            model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
+            cache_dir: Optional[str] = CacheDirOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt):
+    """Per-layer sensitivities of each cached method, and the CLADO cross-layer interaction heatmap.
+
+    Example: clado inspect --config configs/demo.yaml --heatmap runs/demo/interactions.png --csv sens.csv
+    """
+    from ..inspect_cache import inspect as inspect_lib
+    from ..plots import heatmap_plot
+    from .optimize_cmd import open_cache
+
+    cfg = load(config, quiet, model=model, weights=weights, data=data, cache_dir=cache_dir)
+    c = open_cache(cache, cfg)
+    rep = inspect_lib(c, bits)
+    if heatmap is not None:
+        if "interaction" not in rep:
+            from ..errors import UsageError
+
+            raise UsageError("--heatmap needs CLADO sensitivities in the cache (run clado prep clado)")
+        heatmap_plot(__import__("numpy").array(rep["interaction"]["matrix"]), rep["layers"], heatmap,
+                     f"CLADO cross-layer interactions G[(l,{rep['interaction']['bits']}),(m,{rep['interaction']['bits']})]")
+        rep["heatmap"] = str(heatmap)
+    if csv is not None:
+        lines = ["method,layer," + ",".join(f"{b}bit" for b in rep["candidates"])]
+        for m, info in rep["methods"].items():
+            for name, vals in zip(rep["layers"], info["per_layer"]):
+                lines.append(f"{m},{name}," + ",".join(f"{v:.9g}" for v in vals))
+        from .common import write_json  # noqa: F401  (atomic write helper lives beside it)
+        from ..prep.cache import atomic_write
+
+        atomic_write(csv, ("\n".join(lines) + "\n").encode())
+    if as_json:
+        print_json(rep)
+        return
+    for m, info in rep["methods"].items():
+        t = Table(title=f"{m}: per-layer sensitivity (batches {info['batches'][0]}..{info['batches'][-1]})")
+        t.add_column("layer")
+        for b in rep["candidates"]:
+            t.add_column(f"{b}-bit", justify="right")
+        for name, vals in zip(rep["layers"], info["per_layer"]):
+            t.add_row(name, *[f"{v:.4g}" for v in vals])
+        out.print(t)
+    if heatmap is not None:
+        out.print(f"heatmap: {heatmap}")

@@ -1,0 +1,48 @@
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..console import out
+from . import app
+from .common import (BsOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
+                     boundary, load, print_json, session_for)
+
+
+@app.command("layers")
+@boundary
+def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
+           data: Optional[str] = DataOpt, device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+           as_json: bool = JsonOpt, quiet: bool = QuietOpt):
+    """List decided, fixed and skipped layers with sizes per candidate width, uniform model
+    sizes, and the cost of one CLADO prep batch.
+
+    Example: clado layers --model resnet18 --weights none --data imagefolder:/data/imagenet --json
+    """
+    from ..layers_report import layers_report
+    from ..optimize.budget import format_bytes
+
+    cfg = load(config, quiet, model=model, weights=weights, data=data, device=device, threads=threads)
+    rep = layers_report(session_for(cfg))
+    if as_json:
+        print_json(rep)
+        return
+    cands = rep["candidates"]
+    t = Table(title=f"{rep['model']} on {rep['data']}: layers")
+    for col in ["#", "layer", "type", "role", "params", *[f"{b}-bit" for b in cands], "note"]:
+        t.add_column(col, justify="right" if col not in ("layer", "type", "role", "note") else "left")
+    for i, l in enumerate(rep["layers"]):
+        sizes = [format_bytes(l["bytes"][str(b)]) if l.get("bytes") and str(b) in l["bytes"] else "" for b in cands]
+        note = l["reason"] + (f" groups={l['groups']}" if l.get("groups", 1) > 1 else "")
+        t.add_row(str(i), l["name"], l["kind"], l["role"], f"{l['numel']:,}", *sizes, note)
+    out.print(t)
+    u = Table(title="uniform sizes (fixed layers at their fixed precision)")
+    for col in ["weights", "decided", "fixed", "total"]:
+        u.add_column(col, justify="right")
+    for b, s in rep["uniform_sizes"].items():
+        u.add_row(f"{b}-bit", format_bytes(s["decided_bytes"]), format_bytes(s["fixed_bytes"]), format_bytes(s["total_bytes"]))
+    out.print(u)
+    c = rep["clado_prep_per_batch"]
+    out.print(f"{rep['counts']['decided']} decided, {rep['counts']['fixed']} fixed, {rep['counts']['skipped']} skipped; "
+              f"CLADO prep: {c['forward_passes']:,} forward passes per batch ({c['singles']} singles, {c['pairs']:,} pairs)")

@@ -1,0 +1,80 @@
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..console import out
+from .common import (BsOpt, CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt,
+                     ThreadsOpt, WeightsOpt, boundary, load, print_json, session_for)
+
+app = typer.Typer(help="Compute sensitivities into the cache: clado, mpqco or hawq.\n\n"
+                       "Example: clado prep clado --sb 0 --eb 15", no_args_is_help=True)
+
+
+def _shard(text: Optional[str]):
+    from ..errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        k, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: use K/N, e.g. 0/4") from None
+    if n <= 0 or not 0 <= k < n:
+        raise UsageError(f"--shard {text!r}: need 0 <= K < N")
+    return k, n
+
+
+def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
+         cache_dir, loss, as_json, quiet, hawq_estimator=None):
+    from ..prep import run_prep
+
+    cfg = load(config, quiet, sb=sb, eb=eb, bs=bs, seed=seed, engine=engine, model=model, weights=weights,
+               data=data, device=device, threads=threads, cache_dir=cache_dir, loss=loss,
+               hawq_estimator=hawq_estimator)
+    from ..distributed import maybe_distributed_prep
+
+    summary = maybe_distributed_prep(cfg, method, cfg.data.sb, cfg.data.eb, force=force, dry_run=dry_run,
+                                     shard=_shard(shard))
+    if summary is None:  # not rank 0
+        return
+    if as_json:
+        print_json(summary)
+    elif summary.get("dry_run"):
+        out.print(f"{method}: would compute batches {summary['to_compute'] or 'none'} "
+                  f"(cached: {summary['already_cached'] or 'none'}); per batch {summary['per_batch']}; "
+                  f"about {summary['estimated_seconds']} s and {summary['estimated_cache_bytes']:,} bytes of cache")
+    else:
+        out.print(f"{method}: computed {len(summary['computed'])} batch(es), skipped {len(summary['skipped'])} "
+                  f"already cached, in {summary['seconds']:.1f} s -> {summary['cache']}")
+
+
+def _command(method: str, doc: str, with_engine: bool):
+    def cmd(config: Optional[Path] = ConfigOpt,
+            sb: Optional[int] = typer.Option(None, "--sb", help="First sensitivity batch."),
+            eb: Optional[int] = typer.Option(None, "--eb", help="Last sensitivity batch (inclusive)."),
+            bs: Optional[int] = BsOpt, seed: Optional[int] = SeedOpt,
+            force: bool = typer.Option(False, "--force", help="Recompute batches already cached."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Print the work and an estimate; compute nothing."),
+            engine: Optional[str] = typer.Option(None, "--engine", help="fast or reference (same numbers)."),
+            shard: Optional[str] = typer.Option(None, "--shard", help="Compute only shard K/N of the batches."),
+            model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
+            device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+            cache_dir: Optional[str] = CacheDirOpt,
+            loss: Optional[str] = typer.Option(None, "--loss", help="ce (labels) or kl (to the float model's output)."),
+            hawq_estimator: Optional[str] = typer.Option(None, "--estimator", help="HAWQ: per-layer or all-layers."),
+            as_json: bool = JsonOpt, quiet: bool = QuietOpt):
+        _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
+             cache_dir, loss, as_json, quiet, hawq_estimator)
+
+    cmd.__doc__ = doc
+    cmd.__name__ = f"prep_{method}"
+    app.command(method)(boundary(cmd))
+
+
+_command("clado", "CLADO: Ltilde (float loss, every single option, every cross-layer pair) per batch.\n\n"
+         "Example: clado prep clado --config configs/demo.yaml --sb 0 --eb 3", True)
+_command("mpqco", "MPQCO: per-sample gradients of the true-class logit, sensitivity per option, per batch.\n\n"
+         "Example: clado prep mpqco --config configs/demo.yaml --sb 0 --eb 3", True)
+_command("hawq", "HAWQ-V3: Hutchinson trace of each decided layer's Hessian block, per batch.\n\n"
+         "Example: clado prep hawq --config configs/demo.yaml --sb 0 --eb 3 --estimator all-layers", False)

@@ -1,0 +1,42 @@
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..console import out
+from . import app
+from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
+                     boundary, load, print_json, session_for)
+
+
+@app.command("run")
+@boundary
+def run(config: Optional[Path] = ConfigOpt,
+        out_dir: Path = typer.Option(Path("runs/latest"), "--out-dir", help="Where results.json, pareto.png and decisions go."),
+        budgets: Optional[str] = typer.Option(None, "--budgets", help="Budgets (overrides optimize.budgets): 2MB:6MB:1MB, avg:2:6:1."),
+        methods: Optional[str] = typer.Option(None, "--methods", help="Comma list (overrides optimize.methods)."),
+        sb: Optional[int] = typer.Option(None, "--sb", help="First sensitivity batch."),
+        eb: Optional[int] = typer.Option(None, "--eb", help="Last sensitivity batch (inclusive)."),
+        model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
+        device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt, cache_dir: Optional[str] = CacheDirOpt,
+        as_json: bool = JsonOpt, quiet: bool = QuietOpt):
+    """The whole pipeline from one config: prep (reusing caches), optimize over the budgets,
+    evaluate every decision beside the uniform baselines and float, write results.json and pareto.png.
+
+    Example: clado run --config configs/demo.yaml --out-dir runs/demo
+    """
+    from ..optimize import parse_budget_list
+    from ..pipeline import run_pipeline
+    from .evaluate_cmd import results_table
+
+    cfg = load(config, quiet, sb=sb, eb=eb, model=model, weights=weights, data=data, device=device,
+               threads=threads, cache_dir=cache_dir)
+    budget_list = parse_budget_list(budgets) if budgets else None
+    method_list = [m.strip() for m in methods.split(",")] if methods else None
+    res = run_pipeline(session_for(cfg), out_dir, budget_list, method_list)
+    if as_json:
+        print_json(res)
+        return
+    rows = res["results"]
+    out.print(results_table(rows, f"{cfg.model.name} on {cfg.data.dataset}: {rows[0]['samples']} evaluation images"))
+    out.print(f"results: {Path(out_dir) / 'results.json'}\nplot:    {res['plot']}")

@@ -1,0 +1,104 @@
+"""Evaluate decisions (SPEC, Evaluate): build the mixed-precision model, run the evaluation
+split, report top-1, top-5, mean loss, sizes and time; uniform baselines and float beside it."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterable, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+
+@torch.no_grad()
+def evaluate_current(session, limit: Optional[int] = None) -> Dict[str, Any]:
+    """Top-1/top-5/mean loss of the QuantModel in its current state on the evaluation split."""
+    from .data import eval_batches
+
+    qm = session.qmodel
+    d = session.cfg.data
+    limit = limit if limit is not None else d.eval_size
+    n = top1 = top5 = 0
+    loss_sum = 0.0
+    t = time.time()
+    for x, y in eval_batches(session.data.eval, max(d.bs, 256) if session.device.type == "cpu" else d.bs,
+                             limit, d.workers):
+        x, y = x.to(session.device), y.to(session.device)
+        logits = qm(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        top1 += int((top[:, 0] == y).sum())
+        top5 += int((top == y[:, None]).any(dim=1).sum())
+        n += len(y)
+    if n == 0:
+        raise InputError("the evaluation split is empty")
+    return {"top1": top1 / n, "top5": top5 / n, "loss": loss_sum / n, "samples": n,
+            "seconds": round(time.time() - t, 3)}
+
+
+def check_decision(session, decision: Dict[str, Any], where: str = "decision") -> None:
+    fp = decision["cache"]["fingerprint"]
+    decided = session.plan.decided_names
+    names = list(decision["layers"])
+    if set(names) != set(decided):
+        unknown = [n for n in names if n not in decided]
+        missing = [n for n in decided if n not in names]
+        what = f"unknown layer {unknown[0]!r}" if unknown else f"no bits for layer {missing[0]!r}"
+        raise InputError(f"{where} does not fit model {session.cfg.model.name}: {what}")
+    if fp != session.fingerprint:
+        raise InputError(f"{where} was made for another model or config (cache fingerprint {fp}, "
+                         f"this config's is {session.fingerprint})")
+    cands = session.cfg.quant.weight_candidates
+    for name, spec in decision["layers"].items():
+        if spec["w_bits"] not in cands:
+            raise InputError(f"{where}: layer {name} has w_bits {spec['w_bits']}, not one of the candidates {cands}")
+
+
+def sizes_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, float]:
+    plan, cfg = session.plan, session.cfg
+    decided = sum(l.numel * bits_by_layer[l.name] / 8 for l in plan.decided)
+    fixed = sum(l.numel * cfg.layers.fixed_weight_bits / 8 for l in plan.fixed)
+    return {"decided_bytes": decided, "fixed_bytes": fixed, "total_bytes": decided + fixed}
+
+
+def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision") -> Dict[str, Any]:
+    check_decision(session, decision, where)
+    bits = {n: int(s["w_bits"]) for n, s in decision["layers"].items()}
+    session.qmodel.set_decision(bits)
+    try:
+        metrics = evaluate_current(session)
+    finally:
+        session.qmodel.reset()
+    return {"kind": "decision", "method": decision["method"], "budget": decision["budget"],
+            "label": f"{decision['method']} @ {decision['budget']['given']}",
+            **metrics, "sizes": sizes_for(session, bits),
+            "predicted_loss_increase": decision.get("predicted_loss_increase"),
+            "solver": {k: decision["solver"].get(k) for k in ("solver", "status", "optimal", "gap")},
+            "warnings": decision.get("warnings", []),
+            "provenance": {"fingerprint": decision["cache"]["fingerprint"], "batches": decision["cache"]["batches"],
+                           "source": where}}
+
+
+def evaluate_uniform(session, widths: Iterable[int], include_float: bool = True) -> List[Dict[str, Any]]:
+    qm = session.qmodel
+    rows = []
+    if include_float:
+        qm.reset()
+        m = evaluate_current(session)
+        full = sum(l.numel * 32 / 8 for l in session.plan.decided + session.plan.fixed)
+        rows.append({"kind": "float", "label": "float", **m,
+                     "sizes": {"decided_bytes": sum(l.numel * 4 for l in session.plan.decided),
+                               "fixed_bytes": sum(l.numel * 4 for l in session.plan.fixed), "total_bytes": full}})
+    for b in widths:
+        if b not in session.cfg.quant.weight_candidates:
+            raise InputError(f"--uniform {b}: not one of the candidate widths {session.cfg.quant.weight_candidates}")
+        qm.set_uniform(b)
+        try:
+            m = evaluate_current(session)
+        finally:
+            qm.reset()
+        rows.append({"kind": "uniform", "bits": b, "label": f"uniform {b}-bit", **m,
+                     "sizes": sizes_for(session, {n: b for n in session.plan.decided_names})})
+    return rows

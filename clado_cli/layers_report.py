@@ -1,0 +1,40 @@
+"""What `clado layers` reports: decided, fixed and skipped layers, sizes per candidate width,
+uniform model sizes, and the cost of one CLADO prep batch."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from .prep.clado import measurement_count
+
+
+def layers_report(session) -> Dict[str, Any]:
+    plan = session.plan
+    cfg = session.cfg
+    cands = cfg.quant.weight_candidates
+    fixed_bits = cfg.layers.fixed_weight_bits
+    decided_numel = sum(l.numel for l in plan.decided)
+    fixed_bytes = sum(l.numel * fixed_bits / 8 for l in plan.fixed)
+    layers = []
+    for l in plan.all():
+        d = l.to_dict()
+        if l.role == "decided":
+            d["bytes"] = {str(b): l.numel * b / 8 for b in cands}
+        elif l.role == "fixed":
+            d["bytes"] = {str(fixed_bits): l.numel * fixed_bits / 8}
+        layers.append(d)
+    L, B = len(plan.decided), len(cands)
+    return {
+        "model": cfg.model.name,
+        "data": cfg.data.dataset,
+        "input_shape": list(session.data.input_shape),
+        "candidates": cands,
+        "activation_bits": cfg.quant.activation_bits,
+        "fixed_precision": {"weight_bits": fixed_bits, "activation_bits": cfg.layers.fixed_activation_bits},
+        "layers": layers,
+        "counts": {"decided": L, "fixed": len(plan.fixed), "skipped": len(plan.skipped), "options": L * B},
+        "decided_numel": decided_numel,
+        "uniform_sizes": {str(b): {"decided_bytes": decided_numel * b / 8, "fixed_bytes": fixed_bytes,
+                                   "total_bytes": decided_numel * b / 8 + fixed_bytes} for b in cands},
+        "clado_prep_per_batch": {"forward_passes": measurement_count(L, B), "singles": L * B,
+                                 "pairs": B * B * L * (L - 1) // 2},
+    }

@@ -1,0 +1,190 @@
+"""Models behind one factory: torchvision classifiers by name, `embedded`, and user factories
+(`package.module:factory` or `path/to/file.py:factory`).
+
+`build_model(cfg, data)` returns the float model in eval mode. Weights are only ever loaded with
+`torch.load(..., weights_only=True)` or from safetensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+from ..errors import InputError, UsageError
+from ..registry import Registry, unknown_name_message
+
+# Model "kinds" that are not torchvision names.
+MODELS: Registry[Callable] = Registry("model")
+
+
+def torchvision_names():
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def is_factory_spec(name: str) -> bool:
+    return ":" in name
+
+
+@MODELS.register("embedded")
+def _embedded(cfg: ModelConfig, data, log=None) -> nn.Module:
+    from .embedded import load_or_train_embedded
+
+    if data is None or data.spec != "digits":
+        raise UsageError("the embedded model is trained on digits: set data.dataset to digits")
+    x, y = (data.train.images, data.train.labels) if hasattr(data.train, "images") else _stack(data.train)
+    model = load_or_train_embedded(x, y, log=log)
+    if cfg.weights not in ("DEFAULT", "none"):
+        _load_state_dict_file(model, cfg.weights)
+    return model
+
+
+def _stack(ds):
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def build_model(cfg: ModelConfig, data=None, log=None) -> nn.Module:
+    name = cfg.name
+    if name in MODELS:
+        model = MODELS.get(name)(cfg, data, log)
+    elif is_factory_spec(name):
+        model = _from_factory(name, cfg)
+        if cfg.weights not in ("DEFAULT", "none"):
+            _load_state_dict_file(model, cfg.weights)
+    else:
+        model = _torchvision(name, cfg, data)
+    model.eval()
+    return model
+
+
+def _num_classes(cfg: ModelConfig, data) -> Optional[int]:
+    if cfg.num_classes:
+        return cfg.num_classes
+    if data is not None and data.num_classes:
+        return data.num_classes
+    return None
+
+
+def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
+    import torchvision.models as tvm
+
+    known = torchvision_names()
+    if name not in known:
+        raise UsageError(unknown_name_message("model", name, known + MODELS.names()))
+    if cfg.weights == "DEFAULT":
+        weights = tvm.get_model_weights(name).DEFAULT
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not path.is_file():
+            raise InputError(
+                f"pretrained weights for {name} are not in the local torch cache: put "
+                f"{Path(weights.url).name} (from {weights.url}) into {path.parent}/, or set "
+                f"model.weights to a state_dict file or 'none'")
+        model = tvm.get_model(name, weights=None)
+        _load_state_dict_file(model, str(path))
+        return model
+    kwargs = {}
+    nc = _num_classes(cfg, data)
+    if nc:
+        kwargs["num_classes"] = nc
+    torch.manual_seed(0)  # 'none' means a seeded random init, so runs are repeatable
+    model = tvm.get_model(name, weights=None, **kwargs)
+    if cfg.weights != "none":
+        _load_state_dict_file(model, cfg.weights)
+    return model
+
+
+def _from_factory(spec: str, cfg: ModelConfig) -> nn.Module:
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise UsageError(f"model factory {spec!r} must look like package.module:factory or file.py:factory")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise InputError(f"model file not found: {path}")
+            mod_name = "clado_user_model_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+            spec_ = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[mod_name] = module
+            spec_.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except (InputError, UsageError):
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot import model factory module {target!r}: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise UsageError(f"{target!r} has no callable {attr!r}")
+    kwargs = {}
+    if cfg.num_classes and "num_classes" in inspect.signature(fn).parameters:
+        kwargs["num_classes"] = cfg.num_classes
+    try:
+        model = fn(**kwargs)
+    except Exception as exc:
+        raise InputError(f"model factory {spec} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model factory {spec} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def read_state_dict(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as exc:
+            raise InputError(f"weights file {p} is not a readable safetensors file: {exc}") from None
+    try:
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise InputError(f"weights file {p} needs pickle to load (refused: only plain state_dicts "
+                             f"of tensors are loaded, with weights_only=True)") from None
+        raise InputError(f"weights file {p} is truncated or not a state_dict: {first}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise InputError(f"weights file {p} does not hold a state_dict of tensors")
+    return sd
+
+
+def _load_state_dict_file(model: nn.Module, path: str) -> None:
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise InputError(f"weights file {path} does not fit the model: {what} "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    for k, v in own.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise InputError(f"weights file {path} does not fit the model: {k} has shape "
+                             f"{tuple(sd[k].shape)}, the model expects {tuple(v.shape)}")
+    model.load_state_dict(sd)
+
+
+def weights_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes() if v.dtype != torch.bfloat16
+                 else v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

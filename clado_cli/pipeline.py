@@ -1,0 +1,52 @@
+"""`clado run`: prep every requested method (reusing caches), optimize over a list of budgets,
+evaluate every decision with the uniform baselines and float, write results.json and pareto.png."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import __version__
+from .console import log
+from .errors import UsageError
+from .optimize import resolve_budget_spec
+
+
+def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None,
+                 methods: Optional[Sequence[str]] = None, uniform: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    from .cli.common import write_json
+    from .decide import SOURCE, decide
+    from .evaluate import evaluate_decision, evaluate_uniform
+    from .plots import pareto_plot
+    from .prep import run_prep
+
+    cfg = session.cfg
+    t0 = time.time()
+    methods = list(methods or cfg.optimize.methods)
+    budget_specs = list(budgets or cfg.optimize.budgets)
+    if not budget_specs:
+        raise UsageError("no budgets: set optimize.budgets in the config or pass --budgets")
+    numel = sum(l.numel for l in session.plan.decided)
+    resolved = [resolve_budget_spec(b, numel) for b in budget_specs]
+    preps = {}
+    for source in dict.fromkeys(SOURCE[m] for m in methods):
+        log(f"prep {source}: batches {cfg.data.sb}..{cfg.data.eb}")
+        preps[source] = run_prep(session, source, cfg.data.sb, cfg.data.eb)
+    ks = list(range(cfg.data.sb, cfg.data.eb + 1))
+    log(f"optimize {', '.join(methods)} for {len(resolved)} budget(s)")
+    decisions = decide(session.cache, methods, resolved, cfg.optimize.psd, cfg.optimize.solver,
+                       cfg.optimize.time_limit, ks=ks, config=cfg.to_dict())
+    out_dir = Path(out_dir)
+    rows: List[Dict[str, Any]] = []
+    log("evaluate float and uniform baselines")
+    rows += evaluate_uniform(session, uniform if uniform is not None else cfg.quant.weight_candidates)
+    for d in decisions:
+        name = f"decision-{d['method']}-{d['budget']['given'].replace(':', '')}.json"
+        write_json(out_dir / "decisions" / name, d)
+        rows.append(evaluate_decision(session, d, where=name))
+    plot = pareto_plot(rows, out_dir / "pareto.png",
+                       f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs size ({len(ks)} sensitivity batch(es))")
+    results = {"clado_version": __version__, "fingerprint": session.fingerprint, "config": cfg.to_dict(),
+               "prep": preps, "results": rows, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
+    write_json(out_dir / "results.json", results)
+    return results

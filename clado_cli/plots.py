@@ -1,0 +1,66 @@
+"""Figures: the Pareto plot of `clado run` and the cross-layer heatmap of `clado inspect`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_plot(rows: List[Dict[str, Any]], path: Path, title: str) -> Path:
+    """Top-1 against total model size: one line per method, uniform points marked, float as a line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    methods = sorted({r["method"] for r in rows if r["kind"] == "decision"})
+    markers = {"clado": "o", "mpqco": "s", "hawq": "^", "naive": "v"}
+    for m in methods:
+        pts = sorted((r["sizes"]["total_bytes"], r["top1"]) for r in rows if r["kind"] == "decision" and r["method"] == m)
+        ax.plot([p[0] / 1e3 for p in pts], [100 * p[1] for p in pts], marker=markers.get(m, "o"), label=m)
+    uni = [r for r in rows if r["kind"] == "uniform"]
+    if uni:
+        ax.scatter([r["sizes"]["total_bytes"] / 1e3 for r in uni], [100 * r["top1"] for r in uni], marker="x",
+                   s=80, color="black", label="uniform", zorder=5)
+        for r in uni:
+            ax.annotate(f"{r['bits']}-bit", (r["sizes"]["total_bytes"] / 1e3, 100 * r["top1"]),
+                        textcoords="offset points", xytext=(4, -12), fontsize=8)
+    flt = [r for r in rows if r["kind"] == "float"]
+    if flt:
+        ax.axhline(100 * flt[0]["top1"], color="gray", linestyle="--", label=f"float ({100 * flt[0]['top1']:.2f}%)")
+    ax.set_xlabel("model weight size (kB, decided + fixed layers)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def heatmap_plot(matrix: np.ndarray, names: List[str], path: Path, title: str) -> Path:
+    plt = _plt()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * n + 2), max(4, 0.45 * n + 1.5)), dpi=120)
+    vmax = float(np.abs(matrix).max()) or 1.0
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_yticklabels(names, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,186 @@
+"""`prep`: compute sensitivities batch by batch into the fingerprinted cache.
+
+    run_prep(session, "clado", sb=0, eb=3)  ->  summary dict
+
+Batches already cached are skipped (resume); `force` recomputes them. Two processes on one
+cache split the work: each batch is claimed with a lock before it is computed.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..console import log, progress, warn
+from ..errors import UsageError
+from .cache import METHOD_DIRS, Cache
+from .clado import clado_fast, clado_reference, make_runner, measurement_count
+
+METHODS = ("clado", "mpqco", "hawq")
+
+
+def method_params(session, method: str) -> Dict[str, Any]:
+    p = session.cfg.prep
+    if method == "hawq":
+        return {"estimator": p.hawq_estimator, "max_iter": p.hawq_max_iter, "tol": p.hawq_tol,
+                "probe_seed": session.cfg.data.seed}
+    return {}
+
+
+def work_per_batch(session, method: str) -> int:
+    L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+    if method == "clado":
+        return measurement_count(L, B)
+    if method == "mpqco":
+        return session.cfg.data.bs
+    return L
+
+
+def compute_batch(session, method: str, k: int, engine: str = "fast",
+                  tick: Optional[Callable[[int], None]] = None, runner=None) -> Dict[str, np.ndarray]:
+    """The sensitivities of one batch (no caching)."""
+    qm = session.qmodel
+    x, y = session.sensitivity_batch(k)
+    cfg = session.cfg
+    if method == "clado":
+        if engine == "fast" and runner is not None:
+            return clado_fast(qm, x, y, cfg.prep.loss, tick=tick, runner=runner)
+        return clado_reference(qm, x, y, cfg.prep.loss, tick=tick)
+    if method == "mpqco":
+        from .mpqco import mpqco_fast, mpqco_reference
+
+        fn = mpqco_fast if engine == "fast" else mpqco_reference
+        return fn(session.float_model, qm, x, y, tick=tick)
+    if method == "hawq":
+        from .hawq import hawq_traces
+
+        p = cfg.prep
+        return hawq_traces(session.float_model, qm, x, y, cfg.prep.loss, p.hawq_max_iter, p.hawq_tol,
+                           seed=cfg.data.seed * 1_000_003 + k, estimator=p.hawq_estimator, tick=tick)
+    raise UsageError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+
+
+def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine: Optional[str] = None,
+             dry_run: bool = False, shard: Optional[tuple] = None) -> Dict[str, Any]:
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+    engine = engine or session.cfg.prep.engine
+    session.check_batch_range(sb, eb)
+    ks = list(range(sb, eb + 1))
+    if shard is not None:
+        idx, count = shard
+        ks = [k for i, k in enumerate(ks) if i % count == idx]
+    if dry_run:
+        return plan_work(session, method, ks, engine)
+    cache: Cache = session.cache
+    cache.ensure()
+    params = method_params(session, method)
+    if force:
+        import shutil
+
+        p = cache.method_dir(method) / "params.json"
+        if p.exists():
+            p.unlink()
+    cache.check_params(method, params)
+    qm = session.qmodel  # calibrates (or loads the cached calibration) before any timing
+    runner = None
+    if method == "clado" and engine == "fast":
+        runner = make_runner(qm)
+        if runner is None:
+            warn("the model cannot be traced by torch.fx; CLADO prep uses the reference engine")
+            engine = "reference"
+    if method == "mpqco" or method == "hawq":
+        session.float_model.requires_grad_(True)
+    per_batch = work_per_batch(session, method)
+    computed: List[int] = []
+    skipped: List[int] = []
+    deferred: List[int] = []
+    t0 = time.time()
+    with progress() as bar:
+        overall = bar.add_task(f"{method} batches {sb}..{eb}", total=len(ks))
+        inner = bar.add_task("batch", total=per_batch, visible=False)
+
+        def one(k: int, wait: bool) -> None:
+            if cache.has_batch(method, k) and not force:
+                skipped.append(k)
+                bar.advance(overall)
+                return
+            with cache.claim(method, k, wait=wait) as held:
+                if not held:
+                    deferred.append(k)
+                    return
+                if cache.has_batch(method, k) and (not force or k in computed):
+                    skipped.append(k)  # another process finished it while we waited
+                    bar.advance(overall)
+                    return
+                bar.reset(inner, total=per_batch, visible=True, description=f"{method} batch {k}")
+                tb = time.time()
+                values = compute_batch(session, method, k, engine, tick=lambda n: bar.advance(inner, n),
+                                       runner=runner)
+                cache.write_batch(method, k, values, n=session.cfg.data.bs,
+                                  meta={"engine": engine if method != "hawq" else session.cfg.prep.hawq_estimator,
+                                        "seconds": round(time.time() - tb, 3)})
+                computed.append(k)
+                bar.advance(overall)
+
+        for k in ks:
+            one(k, wait=False)
+        for k in list(deferred):
+            deferred.remove(k)
+            one(k, wait=True)
+    seconds = time.time() - t0
+    negative = None
+    if method == "clado" and computed + skipped:
+        vals, _, _ = cache.combine(method, ks)
+        neg = int((np.diag(vals["Ltilde"]) < 0).sum())
+        if neg:
+            negative = neg
+            warn(f"{neg} single-option loss deltas are negative (quantizing those options lowered the "
+                 f"loss on the sensitivity set); the release's no-budget sanity check fails on such estimates")
+    return {
+        "method": method, "fingerprint": cache.fingerprint, "cache": str(cache.root),
+        "engine": engine if method == "clado" else None,
+        "batches": ks, "computed": computed, "skipped": skipped,
+        "files": [str(cache.batch_path(method, k)) for k in ks],
+        "seconds": round(seconds, 3), "negative_singles": negative,
+    }
+
+
+def plan_work(session, method: str, ks: List[int], engine: str) -> Dict[str, Any]:
+    """--dry-run: what would be computed, with a time estimate from one timed probe."""
+    cache = session.cache
+    todo = [k for k in ks if not cache.has_batch(method, k)]
+    L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+    x, _ = session.sensitivity_batch(ks[0])
+    model = session.float_model
+    with torch.no_grad():
+        model(x)
+        t = time.time()
+        model(x)
+        fwd = time.time() - t
+    if method == "clado":
+        passes = measurement_count(L, B)
+        est = passes * fwd * (1.3 if engine == "reference" else 0.5)
+        per_file = 8 * (L * B) ** 2 + 300
+        work = {"forward_passes": passes}
+    elif method == "mpqco":
+        passes = session.cfg.data.bs
+        est = passes * fwd * 3 / session.cfg.data.bs * 2
+        per_file = 8 * L * B + 300
+        work = {"per_sample_gradients": passes}
+    else:
+        iters = session.cfg.prep.hawq_max_iter
+        passes = iters * (L if session.cfg.prep.hawq_estimator == "per-layer" else 1)
+        est = passes * fwd * 4
+        per_file = 8 * L * (B + 3) + 300
+        work = {"hessian_vector_products_at_most": passes}
+    return {
+        "method": method, "dry_run": True, "fingerprint": session.fingerprint,
+        "cache": str(cache.root), "batches": ks, "to_compute": todo,
+        "already_cached": [k for k in ks if k not in todo],
+        "per_batch": work, "forward_seconds_probe": round(fwd, 5),
+        "estimated_seconds": round(est * len(todo), 2),
+        "estimated_cache_bytes": per_file * len(todo),
+    }

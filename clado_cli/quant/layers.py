@@ -1,0 +1,115 @@
+"""Which layers clado quantizes, decides, fixes, or skips (and why).
+
+Quantizable: every module that is an nn.Conv1d/2d/3d or nn.Linear, subclasses included
+(depthwise and grouped convs too). Order: the order in which a forward pass calls them
+(= the traced graph's order for traceable models). Nothing is dropped silently: every other
+module holding a weight matrix is listed as skipped with its reason.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..config import LayersConfig
+from ..errors import UsageError
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    kind: str            # class name, e.g. Conv2d, or a user's subclass name
+    numel: int           # weight elements
+    shape: List[int]
+    role: str            # decided | fixed | skipped
+    reason: str = ""     # why fixed or skipped
+    groups: int = 1
+    calls: int = 1
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class LayerPlan:
+    decided: List[LayerInfo] = field(default_factory=list)
+    fixed: List[LayerInfo] = field(default_factory=list)
+    skipped: List[LayerInfo] = field(default_factory=list)
+
+    @property
+    def decided_names(self) -> List[str]:
+        return [l.name for l in self.decided]
+
+    @property
+    def fixed_names(self) -> List[str]:
+        return [l.name for l in self.fixed]
+
+    def all(self) -> List[LayerInfo]:
+        return self.decided + self.fixed + self.skipped
+
+
+def _matches(name: str, patterns: List[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def call_order(model: nn.Module, example: torch.Tensor) -> Dict[str, int]:
+    """Names of quantizable modules -> number of calls, in the order of their first call."""
+    order: Dict[str, int] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, QUANTIZABLE):
+            def hook(_m, _inp, name=name):
+                order[name] = order.get(name, 0) + 1
+            handles.append(mod.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def plan_layers(model: nn.Module, example: torch.Tensor, cfg: LayersConfig) -> LayerPlan:
+    modules = dict(model.named_modules())
+    order = call_order(model, example)
+    plan = LayerPlan()
+    called = [n for n in order]
+    first, last = (called[0], called[-1]) if called else (None, None)
+    for name in called:
+        mod = modules[name]
+        info = LayerInfo(name=name, kind=type(mod).__name__, numel=mod.weight.numel(),
+                         shape=list(mod.weight.shape), role="decided",
+                         groups=getattr(mod, "groups", 1), calls=order[name])
+        if cfg.fix_first_last and name == first:
+            info.role, info.reason = "fixed", "first layer"
+        elif cfg.fix_first_last and name == last:
+            info.role, info.reason = "fixed", "last layer (classifier)"
+        elif _matches(name, cfg.fixed):
+            info.role, info.reason = "fixed", "layers.fixed"
+        elif not _matches(name, cfg.include):
+            info.role, info.reason = "fixed", "not in layers.include"
+        elif _matches(name, cfg.exclude):
+            info.role, info.reason = "fixed", "layers.exclude"
+        (plan.decided if info.role == "decided" else plan.fixed).append(info)
+    for name, mod in modules.items():
+        if name in order:
+            continue
+        weight = getattr(mod, "weight", None)
+        if isinstance(mod, QUANTIZABLE):
+            reason = "never called in a forward pass"
+        elif isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            reason = f"{type(mod).__name__} is not a quantizable type (Conv1d/2d/3d, Linear)"
+        else:
+            continue
+        plan.skipped.append(LayerInfo(name=name, kind=type(mod).__name__, numel=weight.numel(),
+                                      shape=list(weight.shape), role="skipped", reason=reason, calls=0))
+    if not plan.decided:
+        raise UsageError("no decided layers: the model has no Conv/Linear layers left after "
+                         "layers.include/exclude and the fixed first and last layers")
+    return plan

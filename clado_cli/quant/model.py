@@ -1,0 +1,259 @@
+"""A model whose quantizable layers can each be put in float or fake-quantized states.
+
+Every quantizable layer is wrapped in a `QLayer` that holds MQBench quantizers made by
+`get_qconfig_by_platform(BackendType.Academic, ...)`: one `FixedFakeQuantize` weight quantizer
+per candidate width (each calibrated once on the weight: SPEC "one calibrated weight quantizer per
+option (l, b)"), and one input-activation quantizer, calibrated once on the calibration set with
+every fake-quant off. Applying options only flips per-layer state: no deep copies.
+
+Two ways to run a quantized weight, with identical numbers:
+  - reference: the weight fake-quantizer runs on every forward pass (the straightforward way);
+  - cached: the fake-quantized weight was computed once and is swapped in.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import QuantConfig, QuantizerConfig
+from ..errors import ConfigError
+from .layers import LayerPlan
+
+_QCONFIG_CACHE: Dict[tuple, object] = {}
+
+
+def _quiet_mqbench():
+    from mqbench.utils.logger import set_log_level
+
+    set_log_level(logging.WARNING)  # MQBench logs its qconfig at INFO to stdout
+
+
+def make_qconfig(w: QuantizerConfig, w_bits: int, a: QuantizerConfig, a_bits: int):
+    """The MQBench QConfig (weight and activation fake-quant factories) for these settings."""
+    key = (tuple(w.model_dump().items()), w_bits, tuple(a.model_dump().items()), a_bits)
+    if key not in _QCONFIG_CACHE:
+        _quiet_mqbench()
+        from mqbench.prepare_by_platform import BackendType, get_qconfig_by_platform
+
+        if a.per_channel:
+            raise ConfigError("quant.activation.per_channel: per-channel activation quantization is not supported")
+        extra = {
+            "w_observer": w.observer, "a_observer": a.observer,
+            "w_fakequantize": "FixedFakeQuantize", "a_fakequantize": "FixedFakeQuantize",
+            "w_qscheme": {"bit": w_bits, "symmetry": w.symmetric, "per_channel": w.per_channel,
+                          "pot_scale": w.pot_scale},
+            "a_qscheme": {"bit": a_bits, "symmetry": a.symmetric, "per_channel": False,
+                          "pot_scale": a.pot_scale},
+        }
+        _QCONFIG_CACHE[key] = get_qconfig_by_platform(BackendType.Academic, extra)
+    return _QCONFIG_CACHE[key]
+
+
+def _plain_forward(layer: nn.Module):
+    """A fast call for layers whose forward is the stock one; None for subclasses that
+    override forward (those go through torch.func.functional_call)."""
+    cls_forward = type(layer).forward
+    if isinstance(layer, nn.Linear) and cls_forward is nn.Linear.forward:
+        return lambda x, w: F.linear(x, w, layer.bias)
+    for base in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        if isinstance(layer, base) and cls_forward is base.forward:
+            return lambda x, w: layer._conv_forward(x, w, layer.bias)
+    return None
+
+
+class QLayer(nn.Module):
+    """Wraps one quantizable layer. State: `w_bits` (None = float weights), `a_on` (input
+    activation fake-quantized or not), `cached` (use precomputed quantized weights)."""
+
+    def __init__(self, name: str, layer: nn.Module, w_bits: Iterable[int], a_bits: int, quant: QuantConfig):
+        super().__init__()
+        self.name = name
+        self.layer = layer
+        self.a_bits = a_bits
+        self.w_fq = nn.ModuleDict()
+        for b in w_bits:
+            qc = make_qconfig(quant.weight, b, quant.activation, a_bits)
+            self.w_fq[str(b)] = qc.weight()
+        self.a_fq = make_qconfig(quant.weight, 8, quant.activation, a_bits).activation()
+        self.a_fq.disable_observer()
+        self.a_fq.disable_fake_quant()
+        self.w_bits: Optional[int] = None
+        self.a_on = False
+        self.cached = True
+        self.calibrating = False
+        self.qweight: Dict[int, torch.Tensor] = {}
+        self._plain = _plain_forward(layer)
+
+    @property
+    def bit_options(self) -> List[int]:
+        return [int(b) for b in self.w_fq.keys()]
+
+    @torch.no_grad()
+    def calibrate_weights(self) -> None:
+        w = self.layer.weight.detach()
+        for b, fq in self.w_fq.items():
+            fq.to(w.device)
+            fq.enable_observer()
+            fq.disable_fake_quant()
+            fq(w)
+            fq.disable_observer()
+            fq.enable_fake_quant()
+        self.refresh_cache()
+
+    @torch.no_grad()
+    def refresh_cache(self) -> None:
+        w = self.layer.weight.detach()
+        self.qweight = {int(b): fq(w).detach() for b, fq in self.w_fq.items()}
+
+    def quantized_weight(self, bits: int) -> torch.Tensor:
+        return self.qweight[bits]
+
+    def weight_for(self, bits: Optional[int]) -> torch.Tensor:
+        if bits is None:
+            return self.layer.weight
+        if self.cached:
+            return self.qweight[bits]
+        return self.w_fq[str(bits)](self.layer.weight)
+
+    def forward(self, x):
+        if self.calibrating:
+            self.a_fq(x)  # observer on, fake-quant off: records the input range only
+        elif self.a_on:
+            x = self.a_fq(x)
+        if self.w_bits is None:
+            return self.layer(x)
+        w = self.weight_for(self.w_bits)
+        if self._plain is not None:
+            return self._plain(x, w)
+        return torch.func.functional_call(self.layer, {"weight": w}, (x,))
+
+    def extra_repr(self):
+        return f"name={self.name}, w_bits={self.w_bits}, a_on={self.a_on}, options={self.bit_options}"
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+class QuantModel(nn.Module):
+    """The user's model with every decided and fixed layer wrapped in a QLayer.
+
+    Decided layers get one weight quantizer per candidate width and an input quantizer at
+    `quant.activation_bits`; fixed layers get their fixed widths. The float model passed in is
+    deep-copied once, so the caller's model stays untouched.
+    """
+
+    def __init__(self, float_model: nn.Module, plan: LayerPlan, quant: QuantConfig,
+                 fixed_w_bits: int = 8, fixed_a_bits: int = 8):
+        super().__init__()
+        import copy
+
+        self.model = copy.deepcopy(float_model).eval()
+        self.plan = plan
+        self.candidates = list(quant.weight_candidates)
+        self.fixed_w_bits = fixed_w_bits
+        self.qlayers: Dict[str, QLayer] = {}
+        for info in plan.decided:
+            self._wrap(info.name, self.candidates, quant.activation_bits, quant)
+        for info in plan.fixed:
+            self._wrap(info.name, [fixed_w_bits], fixed_a_bits, quant)
+        self.decided = [self.qlayers[n] for n in plan.decided_names]
+        self.fixed = [self.qlayers[n] for n in plan.fixed_names]
+        self.calibrated = False
+
+    def _wrap(self, name, w_bits, a_bits, quant):
+        q = QLayer(name, self.model.get_submodule(name), w_bits, a_bits, quant)
+        _set_submodule(self.model, name, q)
+        self.qlayers[name] = q
+
+    def forward(self, x):
+        return self.model(x)
+
+    # -- options ---------------------------------------------------------------------------
+    @property
+    def options(self) -> List[Tuple[str, int]]:
+        """Option order of SPEC: i = l*B + k for decided layer l and candidate index k."""
+        return [(q.name, b) for q in self.decided for b in self.candidates]
+
+    def reset(self) -> None:
+        """Every layer back to float."""
+        for q in self.qlayers.values():
+            q.w_bits, q.a_on = None, False
+
+    def apply(self, options: Iterable[Tuple[str, int]]) -> None:
+        """Float everywhere except the given options, each applied as SPEC defines it:
+        the layer's weights at b bits AND its input activation fake-quantized."""
+        self.reset()
+        for name, bits in options:
+            q = self.qlayers[name]
+            q.w_bits, q.a_on = bits, True
+
+    def set_decision(self, bits_by_layer: Mapping[str, int]) -> None:
+        """The mixed-precision model: decided layers per the decision, fixed layers at
+        their fixed precision, every input activation quantized."""
+        self.reset()
+        for q in self.decided:
+            q.w_bits, q.a_on = int(bits_by_layer[q.name]), True
+        for q in self.fixed:
+            q.w_bits, q.a_on = self.fixed_w_bits, True
+
+    def set_uniform(self, bits: int) -> None:
+        self.set_decision({q.name: bits for q in self.decided})
+
+    def set_cached(self, cached: bool) -> None:
+        for q in self.qlayers.values():
+            q.cached = cached
+
+    # -- calibration -----------------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor], device=None) -> None:
+        """Weight quantizers once on the weights; input quantizers on the calibration
+        batches with every fake-quant off."""
+        self.reset()
+        for q in self.qlayers.values():
+            q.calibrate_weights()
+            q.a_fq.enable_observer()
+            q.a_fq.disable_fake_quant()
+            q.calibrating = True
+        try:
+            for x in batches:
+                self.model(x if device is None else x.to(device))
+        finally:
+            for q in self.qlayers.values():
+                q.calibrating = False
+                q.a_fq.disable_observer()
+                q.a_fq.enable_fake_quant()
+        self.calibrated = True
+
+    def quant_state(self) -> Dict[str, torch.Tensor]:
+        """Scales and zero points of every quantizer (to cache a calibration)."""
+        out = {}
+        for name, q in self.qlayers.items():
+            out[f"{name}|a|scale"] = q.a_fq.scale.detach().cpu().clone()
+            out[f"{name}|a|zero_point"] = q.a_fq.zero_point.detach().cpu().clone()
+            for b, fq in q.w_fq.items():
+                out[f"{name}|w{b}|scale"] = fq.scale.detach().cpu().clone()
+                out[f"{name}|w{b}|zero_point"] = fq.zero_point.detach().cpu().clone()
+        return out
+
+    @torch.no_grad()
+    def load_quant_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        for name, q in self.qlayers.items():
+            pairs = [(q.a_fq, f"{name}|a")] + [(fq, f"{name}|w{b}") for b, fq in q.w_fq.items()]
+            for fq, key in pairs:
+                for attr in ("scale", "zero_point"):
+                    val = state[f"{key}|{attr}"]
+                    buf = getattr(fq, attr)
+                    buf.resize_(val.shape)
+                    buf.copy_(val.to(buf.device))
+                fq.disable_observer()
+                fq.enable_fake_quant()
+            q.refresh_cache()
+        self.reset()
+        self.calibrated = True

@@ -1,0 +1,157 @@
+"""One config's working set: device, data, float model, layer plan, calibrated quantizers,
+and the manifest whose hash (the fingerprint) names the cache directory."""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from . import __version__
+from .config import Config
+from .console import log
+from .errors import EnvironmentProblem, UsageError
+
+CACHE_FORMAT = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EnvironmentProblem("--device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False)")
+    return torch.device(name)
+
+
+def fingerprint_of(manifest: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Session:
+    """Lazily builds what a command needs, in the order data -> model -> plan -> quantizers."""
+
+    def __init__(self, cfg: Config, log_fn=log):
+        self.cfg = cfg
+        self.log = log_fn
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+
+    @cached_property
+    def data(self):
+        from .data import load_data
+
+        d = self.cfg.data
+        splits = load_data(d.dataset, image_size=d.image_size, eval_split=d.eval_split)
+        if not splits.labeled:
+            from .data import pseudo_label
+
+            self.log("unlabeled data: labels are the float model's predictions")
+            model = self._build_float(splits).to(self.device)
+            splits.train = pseudo_label(splits.train, model, self.device, d.bs, d.workers)
+            splits.eval = pseudo_label(splits.eval, model, self.device, d.bs, d.workers)
+        return splits
+
+    def _build_float(self, splits):
+        from .models import build_model
+
+        return build_model(self.cfg.model, splits, log=self.log)
+
+    @cached_property
+    def float_model(self) -> torch.nn.Module:
+        return self._build_float(self.data).to(self.device).eval()
+
+    @cached_property
+    def example_input(self) -> torch.Tensor:
+        c, h, w = self.data.input_shape
+        return torch.zeros(1, c, h, w, device=self.device)
+
+    @cached_property
+    def plan(self):
+        from .quant.layers import plan_layers
+
+        try:
+            return plan_layers(self.float_model, self.example_input, self.cfg.layers)
+        except UsageError:
+            raise
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UsageError(f"model {self.cfg.model.name} cannot run on {self.cfg.data.dataset} "
+                             f"inputs of shape {tuple(self.example_input.shape[1:])}: {first}") from None
+
+    @cached_property
+    def weights_hash(self) -> str:
+        from .models import weights_hash
+
+        return weights_hash(self.float_model)
+
+    @cached_property
+    def manifest(self) -> Dict[str, Any]:
+        """Everything the cached numbers depend on (SPEC, issue 3)."""
+        c = self.cfg
+        return {
+            "format": CACHE_FORMAT,
+            "clado_version": __version__,
+            "model": {"name": c.model.name, "weights": c.model.weights, "weights_sha256": self.weights_hash},
+            "data": {"dataset": c.data.dataset, "bs": c.data.bs, "seed": c.data.seed,
+                     "calibration_size": c.data.calibration_size, "image_size": c.data.image_size},
+            "quant": c.quant.model_dump(mode="json"),
+            "layers": {
+                "decided": [[l.name, l.numel] for l in self.plan.decided],
+                "fixed": [[l.name, l.numel] for l in self.plan.fixed],
+                "fixed_weight_bits": c.layers.fixed_weight_bits,
+                "fixed_activation_bits": c.layers.fixed_activation_bits,
+            },
+            "candidates": list(c.quant.weight_candidates),
+            "loss": c.prep.loss,
+        }
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.manifest)
+
+    @cached_property
+    def cache(self):
+        from .prep.cache import Cache
+
+        return Cache.open(Path(self.cfg.cache_dir), self.manifest)
+
+    @cached_property
+    def qmodel(self):
+        """The calibrated QuantModel; the calibration is cached beside the sensitivities."""
+        from .data import calibration_batches
+        from .quant.model import QuantModel
+
+        c = self.cfg
+        qm = QuantModel(self.float_model, self.plan, c.quant, c.layers.fixed_weight_bits,
+                        c.layers.fixed_activation_bits).to(self.device).eval()
+        state = self.cache.load_quant_state()
+        if state is not None:
+            qm.load_quant_state(state)
+        else:
+            self.log(f"calibrating quantizers on {c.data.calibration_size} training images")
+            batches = (x for x, _ in calibration_batches(self.data.train, c.data.calibration_size,
+                                                         c.data.bs, c.data.seed, c.data.workers))
+            qm.calibrate(batches, self.device)
+            self.cache.save_quant_state(qm.quant_state())
+        return qm
+
+    def sensitivity_batch(self, k: int):
+        from .data import sensitivity_batch
+
+        d = self.cfg.data
+        x, y = sensitivity_batch(self.data.train, k, d.bs, d.seed, d.workers)
+        return x.to(self.device), y.to(self.device)
+
+    def check_batch_range(self, sb: int, eb: int) -> None:
+        from .data import num_batches
+
+        n = num_batches(self.data.train, self.cfg.data.bs)
+        if sb > eb:
+            raise UsageError(f"--sb ({sb}) must not exceed --eb ({eb})")
+        if eb >= n:
+            raise UsageError(f"--eb {eb} is beyond the data: the training split has {len(self.data.train)} "
+                             f"images, {n} full batches of {self.cfg.data.bs} (batches 0..{n - 1})")
