@@ -95,12 +95,20 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _avg_bits_budget(bits: Decimal, given: str, decided_numel: int) -> Budget:
+def _positive_bits(text: str, given: str) -> Decimal:
+    bits = _bits_number(text, given)
     if bits <= 0:
         raise UsageError(f"invalid average bit width {given!r}: it must be above zero")
+    return bits
+
+
+def _avg_bits_budget(bits: Decimal, given: str, decided_numel: int) -> Budget:
     if decided_numel <= 0:
         raise UsageError(f"cannot turn the average bit width {given!r} into bytes: there are {decided_numel} decided weights")
-    return Budget(given=f"{AVG_PREFIX}{_decimal_text(bits)}", bytes=_floor_int(bits * decided_numel / 8))
+    size = _floor_int(bits * decided_numel / 8)
+    if size < 1:
+        raise UsageError(f"average bit width {given!r} over {decided_numel} decided weights is under 1 byte")
+    return Budget(given=f"{AVG_PREFIX}{_decimal_text(bits)}", bytes=size)
 
 
 def resolve_budget(size: Optional[str], avg_bits: Optional[float], decided_numel: int) -> Budget:
@@ -109,14 +117,14 @@ def resolve_budget(size: Optional[str], avg_bits: Optional[float], decided_numel
         raise UsageError("give exactly one budget: a size (e.g. 4MB) or an average bit width (e.g. 4.5)")
     if size is not None:
         return Budget(given=size, bytes=parse_size(size))
-    return _avg_bits_budget(_bits_number(str(avg_bits), str(avg_bits)), str(avg_bits), decided_numel)
+    return _avg_bits_budget(_positive_bits(str(avg_bits), str(avg_bits)), str(avg_bits), decided_numel)
 
 
 def resolve_budget_spec(spec: str, decided_numel: int) -> Budget:
     """Resolve one item of `parse_budget_list`: a size, or `avg:<bits>`."""
     text = spec.strip()
     if text.lower().startswith(AVG_PREFIX):
-        return _avg_bits_budget(_bits_number(text[len(AVG_PREFIX):], spec), spec, decided_numel)
+        return _avg_bits_budget(_positive_bits(text[len(AVG_PREFIX):], spec), spec, decided_numel)
     return Budget(given=text, bytes=parse_size(text))
 
 
@@ -163,7 +171,7 @@ def parse_budget_list(text: str) -> List[str]:
         items = [p.strip() for p in body.split(",")]
         specs = [f"{AVG_PREFIX}{_decimal_text(_bits_number(p, text))}" for p in items] if is_avg else items
     for spec in specs:
-        resolve_budget_spec(spec, decided_numel=1) if is_avg else parse_size(spec)
+        _positive_bits(spec[len(AVG_PREFIX):], spec) if is_avg else parse_size(spec)
     return specs
 
 

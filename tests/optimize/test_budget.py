@@ -98,6 +98,7 @@ def test_resolve_budget_size_and_avg_bits():
         (None, float("nan"), 10, "average bit width"),
         (None, float("inf"), 10, "average bit width"),
         (None, 4.0, 0, "decided weights"),
+        (None, 1e-3, 100, "under 1 byte"),
         ("four", None, 10, "invalid size"),
     ],
 )
