@@ -231,8 +231,10 @@ def _solve(
     """Try the requested backends in turn; return the first answer, honest about its status."""
     import cvxpy as cp
 
-    if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0):
-        raise UsageError(f"invalid solver time limit {time_limit!r}: expected a positive number of seconds")
+    given_limit = time_limit
+    time_limit = _finite_or_none(time_limit)
+    if time_limit is None or time_limit <= 0:
+        raise UsageError(f"invalid solver time limit {given_limit!r}: expected a positive number of seconds")
     check_budget(space, budget_bytes)
     backends, skipped = _backends_for(solver)
     explicit = (solver or "").strip().lower() != "auto"

@@ -139,12 +139,18 @@ def test_unknown_solver_lists_installed_solvers():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"psd": "eig"}, "unknown PSD treatment"), ({"time_limit": 0}, "time limit"), ({"time_limit": float("nan")}, "time limit")],
+    [({"psd": "eig"}, "unknown PSD treatment"), ({"time_limit": 0}, "time limit"), ({"time_limit": float("nan")}, "time limit"), ({"time_limit": "soon"}, "time limit")],
 )
 def test_bad_options_are_usage_errors(kwargs, match):
     space, G, _ = random_problem(0, 3)
     with pytest.raises(UsageError, match=match):
         solve_iqp(G, space, budgets_of(space)["free"], **kwargs)
+
+
+def test_time_limit_accepts_numpy_and_int_numbers():
+    space, _, s = random_problem(0, 3)
+    assert solve_ilp(s, space, budgets_of(space)["free"], time_limit=np.int64(5)).optimal
+    assert solve_ilp(s, space, budgets_of(space)["free"], time_limit=5).optimal
 
 
 def test_solver_names_are_case_insensitive():
