@@ -28,6 +28,16 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on std
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No logs or progress on stderr.")
 
 
+def error_line(message: str) -> None:
+    """Print `Error: message` on stderr as exactly one line: the message is literal text (never
+    parsed as Rich markup, so a path like `a[/b]` neither vanishes nor crashes the printer) and is
+    never wrapped, whatever the terminal width."""
+    from rich.text import Text
+
+    text = " ".join(str(message).split())
+    err.print(Text.assemble(("Error:", "red"), " ", text), soft_wrap=True, crop=False, overflow="ignore")
+
+
 def boundary(fn):
     """Turn library errors into one `Error: ...` line and the error's exit code."""
 
@@ -38,20 +48,19 @@ def boundary(fn):
         except typer.Exit:
             raise
         except CladoError as exc:
-            err.print(f"[red]Error:[/red] {exc}", soft_wrap=True)
+            error_line(str(exc))
             raise typer.Exit(exc.exit_code)
         except KeyboardInterrupt:
-            err.print("[red]Error:[/red] interrupted")
+            error_line("interrupted")
             raise typer.Exit(130)
         except Exception as exc:  # a bug or an unexpected library failure: still one line
             if os.environ.get("CLADO_DEBUG"):
                 traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0]
             if "out of memory" in first.lower():
-                err.print(f"[red]Error:[/red] out of memory on the device: {first} (try a smaller --bs)", soft_wrap=True)
+                error_line(f"out of memory on the device: {first} (try a smaller --bs)")
                 raise typer.Exit(5)
-            err.print(f"[red]Error:[/red] {type(exc).__name__}: {first} (set CLADO_DEBUG=1 for the traceback)",
-                      soft_wrap=True)
+            error_line(f"{type(exc).__name__}: {first} (set CLADO_DEBUG=1 for the traceback)")
             raise typer.Exit(1)
 
     return wrapper
