@@ -144,7 +144,7 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
+def _format_validation_error(err: ValidationError, where: str, flags: Optional[Mapping[str, str]] = None) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"]) or "(top level)"
     msg = e["msg"]
@@ -152,14 +152,20 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
         msg = "unknown key"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    if flags and key in flags:  # the bad value came from a command-line flag: name the flag
+        return f"{flags[key]}: {msg} (config key {key})"
     return f"{where}: {key}: {msg}"
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> Config:
+def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[str, Any]] = None,
+                flags: Optional[Mapping[str, str]] = None, where: Optional[str] = None) -> Config:
     """Load a YAML config (or the defaults when path is None) and apply dotted overrides
-    such as {"data.bs": 32}; None values in overrides are ignored."""
+    such as {"data.bs": 32}; None values in overrides are ignored.
+
+    `flags` maps dotted keys to the command-line flag that set them (an error in such a value
+    names the flag); `where` names the source of the overrides when there is no file."""
     raw: Dict[str, Any] = {}
-    where = "defaults"
+    where = where or "defaults"
     if path is not None:
         p = Path(path)
         where = str(p)
@@ -189,6 +195,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[s
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, where)) from None
+        given = {k: f for k, f in (flags or {}).items() if (overrides or {}).get(k) is not None}
+        raise ConfigError(_format_validation_error(err, where, given)) from None
     cfg.source = where
     return cfg

@@ -66,6 +66,10 @@ def boundary(fn):
     return wrapper
 
 
+# the flag behind each keyword of `load` where it is not simply --keyword-with-dashes
+FLAG_NAMES = {"model": "--model", "weights": "--weights", "data": "--data", "hawq_estimator": "--estimator"}
+
+
 def load(config: Optional[Path], quiet: bool = False, **flags: Any):
     """The config from `config` with every flag that was given (not None) on top."""
     from ..config import load_config
@@ -79,13 +83,15 @@ def load(config: Optional[Path], quiet: bool = False, **flags: Any):
         "hawq_estimator": "prep.hawq_estimator",
     }
     overrides: Dict[str, Any] = {}
+    names: Dict[str, str] = {}
     for key, value in flags.items():
         if value is None:
             continue
         if key not in mapping:
             raise KeyError(key)
         overrides[mapping[key]] = value
-    return load_config(config, overrides)
+        names[mapping[key]] = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+    return load_config(config, overrides, flags=names)
 
 
 def session_for(cfg):

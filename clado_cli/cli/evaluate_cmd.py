@@ -49,11 +49,12 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
         # the decision carries its config: evaluate with exactly that set-up (flags still override)
         flat = _flatten(docs[0][1]["config"])
         flat.update({"device": device, "threads": threads, "data.eval_size": eval_size})
-        cfg = load_config(None, flat)
+        cfg = load_config(None, flat, flags=_FLAGS, where=f"{docs[0][0]}: config")
     else:
         cfg = load(config, quiet, device=device, threads=threads)
         if eval_size is not None:
-            cfg = load_config(None, {**_flatten(cfg.to_dict()), "data.eval_size": eval_size})
+            cfg = load_config(None, {**_flatten(cfg.to_dict()), "data.eval_size": eval_size}, flags=_FLAGS,
+                              where=str(config) if config is not None else None)
     from ..console import set_quiet
 
     set_quiet(quiet)
@@ -74,6 +75,9 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
         print_json(result)
     else:
         out.print(results_table(rows, f"{cfg.model.name} on {cfg.data.dataset} ({rows[0]['samples']} images)"))
+
+
+_FLAGS = {"device": "--device", "threads": "--threads", "data.eval_size": "--eval-size"}
 
 
 def _flatten(d, prefix=""):
