@@ -41,20 +41,27 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write to a temp file in the same directory, fsync, rename over the target. A directory
+    that cannot be written (permissions, a file in the way, a full or read-only disk) is an
+    EnvironmentProblem; the target is then left as it was."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
@@ -167,6 +174,12 @@ class Cache:
         np.savez(buf, **{name: np.asarray(a) for name, a in arrays.items()}, n=np.asarray(n, dtype=np.int64))
         data = buf.getvalue()
         p = self.batch_path(method, k)
+        # drop an old sidecar first: a kill between the two writes below then leaves the batch
+        # "not cached" (recomputed on resume), never an old sidecar beside a new npz
+        try:
+            p.with_suffix(".json").unlink()
+        except FileNotFoundError:
+            pass
         atomic_write(p, data)
         side = {"sha256": sha256_bytes(data), "n": int(n), "k": int(k), "method": method,
                 "fingerprint": self.fingerprint, **(dict(meta) if meta else {})}
@@ -178,6 +191,13 @@ class Cache:
         if not self.has_batch(method, k):
             raise CacheError(f"no {METHOD_DIRS[method]} batch {k} in cache {self.fingerprint} (run clado prep {method})")
         side = _read_json(p.with_suffix(".json"), "batch sidecar")
+        if not isinstance(side, dict):
+            raise CacheError(f"batch sidecar {p.with_suffix('.json')} is not a JSON object")
+        mine = {"fingerprint": self.fingerprint, "method": method, "k": k}
+        for key, want in mine.items():
+            if key in side and side[key] != want:
+                raise CacheError(f"cache file {p} belongs to {key} {side[key]!r}, not {want!r} (copied in from "
+                                 f"another cache?); delete it and re-run prep")
         data = p.read_bytes()
         if sha256_bytes(data) != side.get("sha256"):
             raise CacheError(f"cache file {p} fails its checksum (truncated or altered); delete it and re-run prep")
@@ -186,7 +206,11 @@ class Cache:
                 arrays = {name: z[name] for name in z.files}
         except Exception as exc:
             raise CacheError(f"cache file {p} is not a readable npz: {exc}") from None
+        if "n" not in arrays:
+            raise CacheError(f"cache file {p} has no sample count")
         n = int(arrays.pop("n"))
+        if "n" in side and int(side["n"]) != n:
+            raise CacheError(f"cache file {p} holds {n} samples but its sidecar says {side['n']}")
         return arrays, n
 
     def batches(self, method: str) -> List[int]:
@@ -254,11 +278,15 @@ class Cache:
         if not (p.is_file() and side.is_file()):
             return None
         data = p.read_bytes()
-        if sha256_bytes(data) != _read_json(side, "quantizer state sidecar").get("sha256"):
+        meta = _read_json(side, "quantizer state sidecar")
+        if not isinstance(meta, dict) or sha256_bytes(data) != meta.get("sha256"):
             raise CacheError(f"cache file {p} fails its checksum (truncated or altered); delete it to recalibrate")
         from safetensors.torch import load
 
-        return load(data)
+        try:
+            return load(data)
+        except Exception as exc:
+            raise CacheError(f"cache file {p} is not a readable safetensors file: {exc}") from None
 
     def save_quant_state(self, state) -> None:
         from safetensors.torch import save
