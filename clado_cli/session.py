@@ -129,14 +129,18 @@ class Session:
         qm = QuantModel(self.float_model, self.plan, c.quant, c.layers.fixed_weight_bits,
                         c.layers.fixed_activation_bits).to(self.device).eval()
         state = self.cache.load_quant_state()
+        if state is None:
+            # one process calibrates; another on the same cache waits and loads its result
+            with self.cache.calibration_lock():
+                state = self.cache.load_quant_state()
+                if state is None:
+                    self.log(f"calibrating quantizers on {c.data.calibration_size} training images")
+                    batches = (x for x, _ in calibration_batches(self.data.train, c.data.calibration_size,
+                                                                 c.data.bs, c.data.seed, c.data.workers))
+                    qm.calibrate(batches, self.device)
+                    self.cache.save_quant_state(qm.quant_state())
         if state is not None:
             qm.load_quant_state(state)
-        else:
-            self.log(f"calibrating quantizers on {c.data.calibration_size} training images")
-            batches = (x for x, _ in calibration_batches(self.data.train, c.data.calibration_size,
-                                                         c.data.bs, c.data.seed, c.data.workers))
-            qm.calibrate(batches, self.device)
-            self.cache.save_quant_state(qm.quant_state())
         return qm
 
     def sensitivity_batch(self, k: int):

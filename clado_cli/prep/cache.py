@@ -272,6 +272,16 @@ class Cache:
             lock.release()
 
     # -- calibration ---------------------------------------------------------------------
+    @contextmanager
+    def calibration_lock(self):
+        """Held while calibrating, so that two processes on one cache calibrate once (the
+        second waits, then loads the first one's state)."""
+        from filelock import FileLock
+
+        self.ensure()
+        with FileLock(str(self.root / ".quant_state.lock")):
+            yield
+
     def load_quant_state(self):
         p = self.root / "quant_state.safetensors"
         side = p.with_suffix(".json")
