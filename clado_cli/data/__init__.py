@@ -6,6 +6,7 @@ A spec string is `digits` or `KIND:PATH`:
   idx:PATH          MNIST-format IDX files (MNIST, Fashion-MNIST), gzipped or not
   imagefolder:PATH  ImageNet layout PATH/train/<class>/*, PATH/val/<class>/*
   images:PATH       a tree of unlabeled images (labels -1; see pseudo_label)
+  synthetic:CxHxW   seeded random images and labels (shapes and costs without real data)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .base import DATASETS, DataSplits, Relabeled, TensorData, check_eval_split,
 from . import digits as _digits  # noqa: F401  (registers "digits")
 from . import idx as _idx  # noqa: F401  (registers "idx")
 from . import folders as _folders  # noqa: F401  (registers "imagefolder", "images")
+from . import synthetic as _synthetic  # noqa: F401  (registers "synthetic")
 from .batches import (
     calibration_batches,
     calibration_indices,

@@ -18,6 +18,7 @@ and gap when it reports them.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -187,7 +188,9 @@ def _solver_output_to_stderr():
         return
     try:
         os.dup2(2, 1)
-        yield
+        # gurobipy writes its licence banner through Python's sys.stdout, not the C-level one
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         try:
             ctypes.CDLL(None).fflush(None)

@@ -39,7 +39,7 @@ def mpqco_reference(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: 
     for n in range(N):
         z = model(x[n:n + 1])[0, y[n]]
         grads = torch.autograd.grad(z, list(params.values()))
-        zf = float(z)
+        zf = float(z.detach())
         for l, (name, g) in enumerate(zip(names, grads)):
             dots = (deltas[name].flatten(1) @ g.flatten()).double().cpu().numpy()
             s[l] += (dots / zf) ** 2
@@ -60,7 +60,7 @@ def mpqco_fast(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch
 
     def true_logit(p, xn, yn):
         out = functional_call(model, {**others, **buffers, **p}, (xn.unsqueeze(0),))
-        return out[0, yn]
+        return out[0].gather(0, yn.reshape(1)).squeeze(0)
 
     numel = sum(p.numel() for p in params.values())
     chunk = max(1, int(max_chunk_bytes // (4 * numel)))
