@@ -172,7 +172,13 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[s
         if not p.is_file():
             raise InputError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not a YAML text file (invalid UTF-8 at byte {exc.start})") from None
+        except OSError as exc:
+            raise InputError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
