@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -89,6 +90,7 @@ def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
                 f"pretrained weights for {name} are not in the local torch cache: put "
                 f"{Path(weights.url).name} (from {weights.url}) into {path.parent}/, or set "
                 f"model.weights to a state_dict file or 'none'")
+        _check_hub_hash(path)
         model = tvm.get_model(name, weights=None)
         _load_state_dict_file(model, str(path))
         return model
@@ -101,6 +103,25 @@ def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
     if cfg.weights != "none":
         _load_state_dict_file(model, cfg.weights)
     return model
+
+
+def _check_hub_hash(path: Path) -> None:
+    """torch.hub names a checkpoint `<name>-<first hex digits of its sha256>.<ext>` and checks that
+    prefix when it downloads; check it again on every load, so a truncated or altered file in the
+    local cache is refused instead of loaded."""
+    from torch.hub import HASH_REGEX
+
+    m = HASH_REGEX.search(path.name)
+    if not m or not m.group(1):
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if not h.hexdigest().startswith(m.group(1)):
+        raise InputError(f"pretrained weights {path} fail their checksum (sha256 {h.hexdigest()[:len(m.group(1))]}, "
+                         f"the file name says {m.group(1)}): the file is truncated or altered; delete it and "
+                         f"put a fresh copy there")
 
 
 def _from_factory(spec: str, cfg: ModelConfig) -> nn.Module:
@@ -150,7 +171,9 @@ def read_state_dict(path: str) -> dict:
         except Exception as exc:
             raise InputError(f"weights file {p} is not a readable safetensors file: {exc}") from None
     try:
-        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
