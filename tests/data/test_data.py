@@ -37,7 +37,7 @@ def digits() -> DataSplits:
 
 
 def test_registry_kinds():
-    assert DATASETS.names() == ["digits", "idx", "imagefolder", "images"]
+    assert DATASETS.names() == ["digits", "idx", "imagefolder", "images", "synthetic"]
 
 
 def test_unknown_kind_lists_close_matches():
@@ -442,3 +442,11 @@ def test_bad_batch_size(digits):
         num_batches(digits.train, 0)
     with pytest.raises(UsageError):
         eval_batches(digits.eval, 0)
+
+
+def test_synthetic_is_seeded_and_shaped():
+    a, b = load_data("synthetic:3x13x11:7"), load_data("synthetic:3x13x11:7")
+    assert a.input_shape == (3, 13, 11) and a.num_classes == 7
+    assert torch.equal(a.train.images, b.train.images) and int(a.train.labels.max()) < 7
+    with pytest.raises(UsageError, match="synthetic:CxHxW"):
+        load_data("synthetic:3x13")
