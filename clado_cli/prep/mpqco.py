@@ -3,8 +3,20 @@
     z_n = logit of the true class,  g_n = ∂z_n/∂W (per sample),  ΔW(l,b) = Q_b(W_l) − W_l,
     s(l,b) = 1/(2N) · Σ_n ( ⟨g_n[l], ΔW(l,b)⟩ / z_n )².
 
-`mpqco_reference` loops over samples one at a time (batch size 1, autograd); `mpqco_fast`
-computes every per-sample gradient in one vectorized pass (torch.func.vmap over grad).
+`mpqco_reference` loops over samples one at a time (batch size 1, autograd). `mpqco_fast` gets
+every ⟨g_n[l], ΔW(l,b)⟩ for the whole batch from one forward and one backward pass:
+
+  - `method="linear"` (used whenever every decided layer is a stock Conv/Linear, i.e. its
+    output is linear in its weight): with x the layer's input and o its output,
+    ⟨∂z_n/∂W, ΔW⟩ = ⟨∂z_n/∂o_n, conv(x_n, ΔW)⟩ (the directional derivative of z_n along ΔW).
+    One backward pass of Σ_n z_n gives every ∂z_n/∂o_n at once (sample n's logit depends on
+    sample n only, the model being in eval mode), and one extra bias-free layer call per
+    option gives conv(x, ΔW) for the whole batch. No per-sample gradient is ever stored, so the
+    memory is that of one training step, not N copies of the weights. A layer called several
+    times sums its calls.
+  - `method="vmap"`: per-sample gradients with torch.func (vmap over grad of the true logit),
+    chunked to `max_chunk_bytes` of gradients; works for any layer.
+`method="auto"` picks "linear" when it applies, else "vmap".
 """
 from __future__ import annotations
 
@@ -12,8 +24,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from ..quant.model import QuantModel
+
+_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def weight_deltas(qm: QuantModel) -> Dict[str, torch.Tensor]:
@@ -36,27 +51,81 @@ def mpqco_reference(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: 
     deltas = weight_deltas(qm)
     N = x.shape[0]
     s = np.zeros((len(names), len(qm.candidates)), dtype=np.float64)
-    for n in range(N):
-        z = model(x[n:n + 1])[0, y[n]]
-        grads = torch.autograd.grad(z, list(params.values()))
-        zf = float(z.detach())
-        for l, (name, g) in enumerate(zip(names, grads)):
-            dots = (deltas[name].flatten(1) @ g.flatten()).double().cpu().numpy()
-            s[l] += (dots / zf) ** 2
-        if tick:
-            tick(1)
+    with torch.enable_grad():
+        for n in range(N):
+            z = model(x[n:n + 1])[0, y[n]]
+            grads = torch.autograd.grad(z, list(params.values()))
+            zf = float(z.detach())
+            for l, (name, g) in enumerate(zip(names, grads)):
+                dots = (deltas[name].flatten(1) @ g.flatten()).double().cpu().numpy()
+                s[l] += (dots / zf) ** 2
+            if tick:
+                tick(1)
     return {"s": s / (2 * N)}
 
 
-def mpqco_fast(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch.Tensor,
-               tick: Optional[Callable[[int], None]] = None, max_chunk_bytes: float = 1e9) -> Dict[str, np.ndarray]:
+def _is_linear_in_weight(layer: nn.Module) -> bool:
+    """A stock Conv/Linear (a subclass that keeps the stock forward counts too)."""
+    for base in _LINEAR:
+        if isinstance(layer, base):
+            return type(layer).forward is base.forward
+    return False
+
+
+def _apply_delta(layer: nn.Module, x: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
+    """The layer's output change along ΔW, bias-free: conv(x, ΔW) or x ΔWᵀ."""
+    if isinstance(layer, nn.Linear):
+        return torch.nn.functional.linear(x, dw)
+    return layer._conv_forward(x, dw, None)
+
+
+def _mpqco_linear(model, qm: QuantModel, x, y) -> np.ndarray:
+    names = [q.name for q in qm.decided]
+    layers = [model.get_submodule(n) for n in names]
+    calls: List[List[tuple]] = [[] for _ in layers]
+    handles = []
+    for l, layer in enumerate(layers):
+        def hook(mod, inp, out, l=l):
+            if not out.requires_grad:
+                out.requires_grad_()
+            calls[l].append((inp[0].detach(), out))
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            z = logits.gather(1, y.reshape(-1, 1)).squeeze(1)
+            outs = [o for c in calls for _, o in c]
+            grads = torch.autograd.grad(z.sum(), outs, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    z = z.detach()
+    N = x.shape[0]
+    dots = torch.zeros(len(names), len(qm.candidates), N, dtype=torch.float64, device=x.device)
+    g_iter = iter(grads)
+    # one buffer for every ΔW (a fresh allocation per option costs more than the subtraction)
+    buf = torch.empty(max(q.layer.weight.numel() for q in qm.decided), dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        for l, (layer, q) in enumerate(zip(layers, qm.decided)):
+            w = q.layer.weight.detach()
+            dw = buf[:w.numel()].view(w.shape)
+            for inp, _ in calls[l]:
+                go = next(g_iter)
+                if go is None:
+                    continue
+                for k, b in enumerate(qm.candidates):
+                    torch.sub(q.quantized_weight(b), w, out=dw)
+                    d = _apply_delta(layer, inp, dw)
+                    dots[l, k] += (go * d).reshape(N, -1).sum(1, dtype=torch.float64)
+    return ((dots / z.double()) ** 2).sum(-1).cpu().numpy()
+
+
+def _mpqco_vmap(model, names, deltas, x, y, max_chunk_bytes) -> np.ndarray:
     from torch.func import functional_call, grad_and_value, vmap
 
-    names = [q.name for q in qm.decided]
     params = {k: v.detach() for k, v in _decided_params(model, names).items()}
     others = {k: v.detach() for k, v in model.named_parameters() if k not in params}
     buffers = dict(model.named_buffers())
-    deltas = weight_deltas(qm)
 
     def true_logit(p, xn, yn):
         out = functional_call(model, {**others, **buffers, **p}, (xn.unsqueeze(0),))
@@ -65,13 +134,28 @@ def mpqco_fast(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch
     numel = sum(p.numel() for p in params.values())
     chunk = max(1, int(max_chunk_bytes // (4 * numel)))
     grads, z = vmap(grad_and_value(true_logit), in_dims=(None, 0, 0), chunk_size=chunk)(params, x, y)
-    N = x.shape[0]
-    s = np.zeros((len(names), len(qm.candidates)), dtype=np.float64)
+    s = np.zeros((len(names), deltas[names[0]].shape[0]), dtype=np.float64)
     zf = z.detach().double()
     for l, name in enumerate(names):
         g = grads[f"{name}.weight"].flatten(1)                      # (N, numel)
         dots = (g @ deltas[name].flatten(1).T).double()             # (N, B)
         s[l] = ((dots / zf[:, None]) ** 2).sum(0).cpu().numpy()
+    return s
+
+
+def mpqco_fast(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch.Tensor,
+               tick: Optional[Callable[[int], None]] = None, max_chunk_bytes: float = 1e9,
+               method: str = "auto") -> Dict[str, np.ndarray]:
+    names = [q.name for q in qm.decided]
+    if method == "auto":
+        method = "linear" if all(_is_linear_in_weight(model.get_submodule(n)) for n in names) else "vmap"
+    if method == "linear":
+        s = _mpqco_linear(model, qm, x, y)
+    elif method == "vmap":
+        s = _mpqco_vmap(model, names, weight_deltas(qm), x, y, max_chunk_bytes)
+    else:
+        raise ValueError(f"unknown MPQCO method {method!r}")
+    N = x.shape[0]
     if tick:
         tick(N)
     return {"s": s / (2 * N)}
