@@ -49,7 +49,10 @@ def _converged(prev: float, cur: float, tol: float) -> bool:
 
 def hawq_traces(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch.Tensor,
                 loss_kind: str = "ce", max_iter: int = 100, tol: float = 1e-3, seed: int = 0,
-                estimator: str = "per-layer", tick: Optional[Callable[[int], None]] = None) -> Dict[str, np.ndarray]:
+                estimator: str = "per-layer", tick: Optional[Callable[[int], None]] = None,
+                return_samples: bool = False) -> Dict[str, np.ndarray]:
+    """Per-layer Hutchinson traces. `return_samples`: also return every probe's value
+    (`samples`, L × max_iter, NaN where a layer had stopped) to study the estimators."""
     from pyhessian.utils import hessian_vector_product
 
     names = [q.name for q in qm.decided]
@@ -62,6 +65,7 @@ def hawq_traces(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torc
     L = len(names)
     traces = np.zeros(L)
     iters = np.zeros(L, dtype=np.int64)
+    samples = np.full((L, max_iter), np.nan)
     if estimator == "per-layer":
         for l in range(L):
             vals: List[float] = []
@@ -69,6 +73,7 @@ def hawq_traces(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torc
                 v = _rademacher(params[l].shape, gen, params[l].device)
                 hv = hessian_vector_product([grads[l]], [params[l]], [v])
                 vals.append(float((hv[0] * v).sum()))
+                samples[l, it] = vals[-1]
                 if it > 0 and _converged(np.mean(vals[:-1]), np.mean(vals), tol):
                     break
             traces[l], iters[l] = np.mean(vals), len(vals)
@@ -81,6 +86,7 @@ def hawq_traces(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torc
             vs = [_rademacher(p.shape, gen, p.device) for p in params]
             hv = hessian_vector_product(list(grads), params, vs)
             vals = np.array([float((h * v).sum()) for h, v in zip(hv, vs)])
+            samples[~done, it] = vals[~done]
             prev = sums / np.maximum(iters, 1)
             # a converged layer keeps its estimate; the others take this probe
             sums[~done] += vals[~done]
@@ -95,5 +101,8 @@ def hawq_traces(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torc
             tick(L)
     else:
         raise ValueError(f"unknown HAWQ estimator {estimator!r}")
-    return {"traces": traces, "iterations": iters, "qerr_sq": quant_error_sq(qm),
-            "numel": np.array([p.numel() for p in params], dtype=np.int64)}
+    out = {"traces": traces, "iterations": iters, "qerr_sq": quant_error_sq(qm),
+           "numel": np.array([p.numel() for p in params], dtype=np.int64)}
+    if return_samples:
+        out["samples"] = samples
+    return out
