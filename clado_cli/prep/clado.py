@@ -55,11 +55,20 @@ def _same_layer_mask(n_layers: int, n_bits: int) -> np.ndarray:
     return layer[:, None] == layer[None, :]
 
 
+def _row_set(rows: Optional[Sequence[int]], n_layers: int) -> set:
+    return set(range(n_layers)) if rows is None else {int(r) for r in rows}
+
+
 @torch.no_grad()
 def clado_reference(qm: QuantModel, x: torch.Tensor, y: torch.Tensor, loss_kind: str = "ce",
-                    tick: Optional[Callable[[int], None]] = None) -> Dict[str, np.ndarray]:
+                    tick: Optional[Callable[[int], None]] = None,
+                    rows: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
+    """One full forward pass per measurement. `rows`: compute only the singles of these
+    decided layers and their pairs with later layers (the rest stays 0), so that the
+    matrices of a partition of the layers sum to the full matrix."""
     options = qm.options
     P, L, B = len(options), len(qm.decided), len(qm.candidates)
+    mine = _row_set(rows, L)
     qm.set_cached(False)
     try:
         qm.reset()
@@ -68,11 +77,15 @@ def clado_reference(qm: QuantModel, x: torch.Tensor, y: torch.Tensor, loss_kind:
         L0 = float(loss(float_logits))
         Lt = np.zeros((P, P), dtype=np.float64)
         for i, opt in enumerate(options):
+            if i // B not in mine:
+                continue
             qm.apply([opt])
             Lt[i, i] = float(loss(qm(x))) - L0
             if tick:
                 tick(1)
         for i in range(P):
+            if i // B not in mine:
+                continue
             for j in range(i + 1, P):
                 if i // B == j // B:
                     continue
@@ -167,7 +180,7 @@ class BranchingRunner:
         raise RuntimeError("graph has no output")
 
 
-def _clado_branching(qm: QuantModel, runner: BranchingRunner, x, y, loss_kind, tick):
+def _clado_branching(qm: QuantModel, runner: BranchingRunner, x, y, loss_kind, tick, mine: set):
     cands = qm.candidates
     B = len(cands)
     index = {q.name: l for l, q in enumerate(qm.decided)}
@@ -200,7 +213,7 @@ def _clado_branching(qm: QuantModel, runner: BranchingRunner, x, y, loss_kind, t
     env: Dict[fx.Node, object] = {}
     for pos in range(len(runner.nodes)):
         q = runner.decided_at.get(pos)
-        if q is not None:
+        if q is not None and index[q.name] in mine:
             l = index[q.name]
             for k, bits in enumerate(cands):
                 q.w_bits, q.a_on = bits, True
@@ -765,7 +778,7 @@ def _losses(loss, out: torch.Tensor, n_rows: int, N: int) -> List[float]:
     return [float(loss(out[r * N:(r + 1) * N])) for r in range(n_rows)]
 
 
-def _clado_stacked(qm: QuantModel, runner: FastRunner, x, y, loss_kind, tick, max_batch):
+def _clado_stacked(qm: QuantModel, runner: FastRunner, x, y, loss_kind, tick, max_batch, mine: set):
     cands = list(qm.candidates)
     B = len(cands)
     L = len(qm.decided)
@@ -852,6 +865,8 @@ def _clado_stacked(qm: QuantModel, runner: FastRunner, x, y, loss_kind, tick, ma
             tick(len(ks))
 
     for l in range(L):
+        if l not in mine:
+            continue
         trunk.set_keep(*runner.trunk_keep[l])
         size = min(B, M) if runner.stack_ok[l] is not False else 1
         for chunk in _chunks(list(range(B)), size):
@@ -863,19 +878,21 @@ def _clado_stacked(qm: QuantModel, runner: FastRunner, x, y, loss_kind, tick, ma
 @torch.no_grad()
 def clado_fast(qm: QuantModel, x: torch.Tensor, y: torch.Tensor, loss_kind: str = "ce",
                tick: Optional[Callable[[int], None]] = None,
-               runner=None, max_batch: Optional[int] = None) -> Dict[str, np.ndarray]:
+               runner=None, max_batch: Optional[int] = None,
+               rows: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
     """The fast engine. `max_batch`: most perturbations stacked in one pass (default: the
-    runner's, else B², i.e. a branch's B variants times a layer's B widths)."""
+    runner's, else `auto_max_batch`). `rows`: as for `clado_reference`."""
     runner = runner or make_runner(qm, max_batch=max_batch)
     if runner is None:
         raise RuntimeError("the model cannot be traced by torch.fx; use the reference engine")
     qm.reset()
     qm.set_cached(True)
     try:
+        mine = _row_set(rows, len(qm.decided))
         if isinstance(runner, FastRunner):
-            Lt, L0 = _clado_stacked(qm, runner, x, y, loss_kind, tick, max_batch)
+            Lt, L0 = _clado_stacked(qm, runner, x, y, loss_kind, tick, max_batch, mine)
         else:
-            Lt, L0 = _clado_branching(qm, runner, x, y, loss_kind, tick)
+            Lt, L0 = _clado_branching(qm, runner, x, y, loss_kind, tick, mine)
     finally:
         qm.reset()
     return {"Ltilde": Lt, "L0": np.float64(L0)}

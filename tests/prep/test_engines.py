@@ -312,3 +312,16 @@ def test_hawq_estimators_match_exact_hessian_probe_by_probe():
         se = res["samples"].std(1) / np.sqrt(res["iterations"])
         assert np.all(np.abs(res["traces"] - exact) <= 5 * se + 1e-6), est
     assert allr["iterations"].tolist() == [K] * len(names)
+
+
+@pytest.mark.parametrize("model", ["branchy", "shared"])
+def test_rows_partition_sums_to_the_full_matrix(model):
+    qm, x, y = _qmodel(BranchyNet()) if model == "branchy" else _qmodel(SharedNet(), classes=4)
+    L = len(qm.decided)
+    runner = make_runner(qm)
+    full = clado_fast(qm, x, y, runner=runner)["Ltilde"]
+    parts = [[l for l in range(L) if l % 2 == r] for r in range(2)]
+    fast = sum(clado_fast(qm, x, y, runner=runner, rows=p)["Ltilde"] for p in parts)
+    ref = sum(clado_reference(qm, x, y, rows=p)["Ltilde"] for p in parts)
+    assert np.array_equal(fast, full)
+    assert np.abs(ref - full).max() <= TOL
