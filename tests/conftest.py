@@ -17,7 +17,9 @@ def _clado_env(tmp_path_factory):
     os.environ["CLADO_NO_PROGRESS"] = "1"
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # one thread: the suite also runs subprocesses beside itself, and spinning OpenMP threads
+    # on 2 cores cost far more than they give
+    torch.set_num_threads(1)
     yield
 
 

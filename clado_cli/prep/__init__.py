@@ -63,7 +63,9 @@ def compute_batch(session, method: str, k: int, engine: str = "fast",
 
 
 def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine: Optional[str] = None,
-             dry_run: bool = False, shard: Optional[tuple] = None) -> Dict[str, Any]:
+             dry_run: bool = False, shard: Optional[tuple] = None, only: Optional[List[int]] = None) -> Dict[str, Any]:
+    """Compute batches sb..eb of one method into the cache. `shard=(K, N)` keeps every N-th
+    batch starting at the K-th; `only` restricts the work to the given batches."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
     engine = engine or session.cfg.prep.engine
@@ -72,6 +74,8 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
     if shard is not None:
         idx, count = shard
         ks = [k for i, k in enumerate(ks) if i % count == idx]
+    if only is not None:
+        ks = [k for k in ks if k in set(only)]
     if dry_run:
         return plan_work(session, method, ks, engine)
     cache: Cache = session.cache
@@ -146,6 +150,48 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
         "files": [str(cache.batch_path(method, k)) for k in ks],
         "seconds": round(seconds, 3), "negative_singles": negative,
     }
+
+
+def compute_batch_part(session, method: str, k: int, rank: int, size: int) -> Dict[str, np.ndarray]:
+    """Rank `rank`'s share of one batch, as arrays that sum (over ranks) to the batch's values
+    before `finish_part`. CLADO: the option pairs whose first layer is this rank's; MPQCO: this
+    rank's samples (unnormalized sums); HAWQ: the whole batch on rank 0 (its probes are one
+    random stream, so splitting would change the numbers)."""
+    qm = session.qmodel
+    x, y = session.sensitivity_batch(k)
+    cfg = session.cfg
+    if method == "clado":
+        rows = [l for l in range(len(qm.decided)) if l % size == rank]
+        runner = make_runner(qm) if cfg.prep.engine == "fast" else None
+        if runner is not None:
+            vals = clado_fast(qm, x, y, cfg.prep.loss, runner=runner, rows=rows)
+        else:
+            vals = clado_reference(qm, x, y, cfg.prep.loss, rows=rows)
+        return {"Ltilde": vals["Ltilde"], "L0": np.float64(vals["L0"] if rank == 0 else 0.0)}
+    if method == "mpqco":
+        from .mpqco import mpqco_fast, mpqco_reference
+
+        L, B = len(qm.decided), len(qm.candidates)
+        idx = torch.arange(rank, x.shape[0], size, device=x.device)
+        if len(idx) == 0:
+            return {"s_sum": np.zeros((L, B))}
+        fn = mpqco_fast if cfg.prep.engine == "fast" else mpqco_reference
+        part = fn(session.float_model.requires_grad_(True), qm, x[idx], y[idx])["s"]
+        return {"s_sum": part * 2 * len(idx)}
+    if method == "hawq":
+        if rank == 0:
+            return compute_batch(session, method, k)
+        L, B = len(qm.decided), len(qm.candidates)
+        return {"traces": np.zeros(L), "iterations": np.zeros(L), "qerr_sq": np.zeros((L, B)), "numel": np.zeros(L)}
+    raise UsageError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+
+
+def finish_part(session, method: str, summed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    if method == "mpqco":
+        return {"s": summed["s_sum"] / (2 * session.cfg.data.bs)}
+    if method == "hawq":
+        return {**summed, "iterations": summed["iterations"].astype(np.int64), "numel": summed["numel"].astype(np.int64)}
+    return summed
 
 
 def plan_work(session, method: str, ks: List[int], engine: str) -> Dict[str, Any]:
