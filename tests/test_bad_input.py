@@ -434,12 +434,14 @@ def test_bad_input(case: Case, ctx: Ctx, monkeypatch):
 
 
 def test_click_level_bad_value_is_a_usage_error(ctx: Ctx):
-    """`--threads abc` is refused by the option parser itself (Typer's usage panel, not our
-    one-line boundary): still exit 2, no traceback, and the flag is named."""
-    r = invoke("prep", "clado", *ctx.c(), "--threads", "abc")
-    assert r.exit_code == USAGE
-    assert "Traceback" not in r.output
-    assert "--threads" in r.stderr
+    """`--threads abc` and unknown options are refused by the option parser itself; they are
+    still one `Error:` line naming the flag, exit 2, no traceback."""
+    for args in (["--threads", "abc"], ["--bogus"]):
+        r = invoke("prep", "clado", *ctx.c(), *args)
+        assert r.exit_code == USAGE
+        assert "Traceback" not in r.output
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and args[0] in lines[0]
 
 
 def test_time_limit_with_an_incumbent_is_flagged_not_an_error(ctx: Ctx, monkeypatch):

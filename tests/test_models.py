@@ -82,3 +82,24 @@ def test_factory_from_module_and_file(tmp_path, monkeypatch):
         build_model(ModelConfig(name="mymodels:nothing"))
     with pytest.raises(InputError, match="model file not found"):
         build_model(ModelConfig(name=f"{tmp_path / 'missing.py'}:small"))
+
+
+def test_damaged_embedded_cache_is_retrained_not_trusted(digits, tmp_path, monkeypatch):
+    from clado_cli.models.embedded import embedded_weights_path
+
+    good = build_model(ModelConfig(name="embedded"), digits)
+    monkeypatch.setenv("CLADO_HOME", str(tmp_path))
+    path = embedded_weights_path()
+    from clado_cli.models import embedded as emb
+
+    # cache the good weights here (no retraining), then flip one byte of a weight
+
+    monkeypatch.setattr(emb, "train_embedded", lambda *a, **k: good)
+    build_model(ModelConfig(name="embedded"), digits)  # writes file + checksum here
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40
+    path.write_bytes(bytes(data))
+    calls = []
+    monkeypatch.setattr(emb, "train_embedded", lambda *a, **k: calls.append(1) or good)
+    build_model(ModelConfig(name="embedded"), digits)
+    assert calls == [1]

@@ -15,6 +15,24 @@ app = typer.Typer(
 )
 
 
+def _one_line_usage_error(exc) -> None:
+    """Typer's usage errors (a bad flag value, an unknown option) as one `Error:` line, like
+    every other clado error, instead of a usage box."""
+    import sys
+
+    if exc.__class__.__name__ == "NoArgsIsHelpError":
+        return _rich_format_error(exc)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    sys.stderr.write(f"Error: {' '.join(exc.format_message().split())}{hint}\n")
+
+
+from typer import rich_utils as _rich_utils  # noqa: E402
+
+_rich_format_error = _rich_utils.rich_format_error
+_rich_utils.rich_format_error = _one_line_usage_error
+
+
 def _version(value: bool):
     if value:
         typer.echo(f"clado {__version__}")

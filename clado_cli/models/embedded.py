@@ -98,23 +98,31 @@ def train_embedded(train_x: torch.Tensor, train_y: torch.Tensor, epochs: int = T
 
 
 def load_or_train_embedded(train_x: torch.Tensor, train_y: torch.Tensor, log=None) -> DigitsResNet:
-    from safetensors.torch import load_file, save_file
-
     path = embedded_weights_path()
+    side = path.with_suffix(".sha256")
     model = DigitsResNet(num_classes=int(train_y.max()) + 1, in_channels=train_x.shape[1])
-    if path.is_file():
-        try:
-            model.load_state_dict(load_file(str(path)))
-            model.eval()
-            return model
-        except Exception:  # a damaged cache file is retrained, not trusted
-            if log:
-                log(f"embedded model cache {path} is unreadable; retraining")
+    if path.is_file() and side.is_file():
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == side.read_text().strip():
+            try:
+                from safetensors.torch import load
+
+                model.load_state_dict(load(data))
+                model.eval()
+                return model
+            except Exception:
+                pass
+        if log:  # a damaged cache file is retrained, never trusted
+            log(f"embedded model cache {path} fails its checksum or does not load; retraining")
     if log:
         log(f"training the embedded model on digits (first use; cached at {path})")
     model = train_embedded(train_x, train_y, log=log)
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in model.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    for target, payload in ((path, data), (side, hashlib.sha256(data).hexdigest().encode())):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(payload)
+        os.replace(tmp, target)
     return model
