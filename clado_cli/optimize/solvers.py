@@ -263,6 +263,9 @@ def _solve(
             continue
         x = model.x.value
         if x is None or model.problem.status not in cp.settings.SOLUTION_PRESENT:
+            if time.perf_counter() - attempt_start >= 0.9 * time_limit:
+                raise SolverError(f"{backend.name} stopped at its time limit of {time_limit:g} s without a feasible "
+                                  f"solution; raise --time-limit (solver status {model.problem.status})")
             raise SolverError(f"{backend.name} found no feasible solution (status {model.problem.status}, time limit {time_limit:g} s)")
         choice = space.choice_of(x)
         if not space.fits(choice, budget_bytes):
