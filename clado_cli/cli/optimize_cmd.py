@@ -98,7 +98,11 @@ def optimize(config: Optional[Path] = ConfigOpt,
     for m, b in cols:
         t.add_column(f"{m}\n{b}", justify="right")
     for l, name in enumerate(space.layer_names):
-        t.add_row(name, f"{space.numel[l]:,}", *[str(d["layers"][name]["w_bits"]) for d in decisions])
+        cells = []
+        for d in decisions:
+            b = d["layers"][name]["w_bits"]
+            cells.append(f"{b} ({format_bytes(space.numel[l] * b / 8)})")
+        t.add_row(name, f"{space.numel[l]:,}", *cells)
     t.add_row("decided size", "", *[format_bytes(d["sizes"]["decided_bytes"]) for d in decisions])
     t.add_row("total size", "", *[format_bytes(d["sizes"]["total_bytes"]) for d in decisions])
     t.add_row("budget", "", *[format_bytes(d["budget"]["bytes"]) for d in decisions])
