@@ -35,15 +35,7 @@ def num_batches(train_ds: Dataset, bs: int) -> int:
 
 def sensitivity_batch(train_ds: Dataset, k: int, bs: int, seed: int, workers: int = 0) -> Batch:
     """Sensitivity batch k: (x, y) of the training images perm[k*bs:(k+1)*bs]."""
-    _check_bs(bs)
-    n = len(train_ds)
-    if k < 0:
-        raise InputError(f"batch index must be 0 or more, got {k}")
-    if (k + 1) * bs > n:
-        raise InputError(
-            f"batch {k} needs images {k * bs}..{(k + 1) * bs - 1}; the training split has {n} images "
-            f"({n // bs} full batches of {bs})"
-        )
+    n = _check_range(len(train_ds), k, k, bs)
     idx = permutation(n, seed)[k * bs : (k + 1) * bs]
     return next(_batched(train_ds, idx, bs, workers))
 
@@ -53,10 +45,16 @@ def sensitivity_batches(
 ) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
     """(k, x, y) for the sensitivity batches sb..eb inclusive; the range is checked when this
     is called, before any batch is loaded."""
-    _check_bs(bs)
     if sb > eb:
         raise UsageError(f"sb ({sb}) must not exceed eb ({eb})")
-    n = len(train_ds)
+    n = _check_range(len(train_ds), sb, eb, bs)
+    idx = permutation(n, seed)[sb * bs : (eb + 1) * bs]
+    return ((k, x, y) for k, (x, y) in zip(range(sb, eb + 1), _batched(train_ds, idx, bs, workers)))
+
+
+def _check_range(n: int, sb: int, eb: int, bs: int) -> int:
+    """Check that batches sb..eb of size bs lie inside a split of n images; returns n."""
+    _check_bs(bs)
     if sb < 0:
         raise InputError(f"batch index must be 0 or more, got {sb}")
     if (eb + 1) * bs > n:
@@ -64,8 +62,7 @@ def sensitivity_batches(
             f"batch {eb} needs images {eb * bs}..{(eb + 1) * bs - 1}; the training split has {n} images "
             f"({n // bs} full batches of {bs})"
         )
-    idx = permutation(n, seed)[sb * bs : (eb + 1) * bs]
-    return ((k, x, y) for k, (x, y) in zip(range(sb, eb + 1), _batched(train_ds, idx, bs, workers)))
+    return n
 
 
 def calibration_indices(n: int, size: int, seed: int) -> torch.Tensor:
