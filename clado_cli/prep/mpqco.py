@@ -116,7 +116,7 @@ def _mpqco_linear(model, qm: QuantModel, x, y) -> np.ndarray:
                 for k, b in enumerate(qm.candidates):
                     torch.sub(q.quantized_weight(b), w, out=dw)
                     d = _apply_delta(layer, inp, dw)
-                    dots[l, k] += (go * d).reshape(N, -1).sum(1, dtype=torch.float64)
+                    dots[l, k] += d.mul_(go).reshape(N, -1).sum(1, dtype=torch.float64)
     return ((dots / z.double()) ** 2).sum(-1).cpu().numpy()
 
 
