@@ -23,18 +23,20 @@ CLADO engines:
 MPQCO: mpqco_reference (per-sample loop) vs mpqco_fast. HAWQ: the per-layer and the all-layers
 Hutchinson estimators with the same fixed number of probes (no early stop).
 
-Memory: "extra RSS" is the process's resident-set high-water mark during the call minus the
-resident set just before it (/proc/self/clear_refs resets the mark). malloc is pinned to
-return every block of 64 KiB or more to the system on free (mallopt M_MMAP_THRESHOLD), so the
-resident set follows the live tensors instead of malloc's caches. "persistent" is the bytes of
-the QuantModel's parameters, buffers and quantized-weight cache, resident for every engine;
-"total" = persistent + extra, the CPU analogue of torch.cuda.max_memory_allocated.
+Memory: "peak" is the most bytes of torch tensors alive at once during a call beyond those
+alive before it, counted exactly from the allocation and free events of torch's profiler
+(profile_memory=True): the CPU analogue of torch.cuda.max_memory_allocated, blind to malloc's
+caches. It is measured in a separate, profiled run of each engine (timed runs are never
+profiled). "persistent" is the bytes of the QuantModel's parameters, buffers and
+quantized-weight cache, resident whatever the engine runs; "total" = persistent + peak.
+The seed-style engine's profiled run is 8 measurements (each allocates a whole model copy).
+Timing: wall-clock seconds, best of --reps runs with the engines alternating (CPU seconds too);
+on a machine shared with other jobs, compare the ratios, which are measured side by side.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import json
 import os
 import platform
@@ -51,45 +53,42 @@ sys.path.insert(0, str(ROOT))
 
 # -- measuring ------------------------------------------------------------------------------
 
-def pin_malloc() -> bool:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)   # M_MMAP_THRESHOLD: fixed, so big frees go back to the OS
-        libc.mallopt(-1, 0)           # M_TRIM_THRESHOLD: trim the heap top on every free
-        return True
-    except OSError:
-        return False
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def can_reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def measure(fn):
-    """(result, wall seconds, cpu seconds, extra RSS bytes or None)."""
+def timed(fn):
+    """(result, wall seconds, cpu seconds)."""
     import gc
 
     gc.collect()
-    peak_ok = can_reset_peak()
-    base = _status("VmRSS")
     w, c = time.perf_counter(), time.process_time()
     out = fn()
-    wall, cpu = time.perf_counter() - w, time.process_time() - c
-    extra = _status("VmHWM") - base if peak_ok else None
-    return out, wall, cpu, extra
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def tensor_peak(fn):
+    """(result, peak bytes of torch tensors alive at once during fn beyond those alive before)."""
+    import gc
+
+    from torch.profiler import ProfilerActivity, profile
+
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    cur = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return out, peak
+
+
+def best_of(reps: int, fns: dict) -> dict:
+    """Run the functions alternately `reps` times; keep each one's fastest (result, wall, cpu)."""
+    best = {}
+    for _ in range(max(1, reps)):
+        for name, fn in fns.items():
+            r = timed(fn)
+            if name not in best or r[1] < best[name][1]:
+                best[name] = r
+    return best
 
 
 def mb(b):
@@ -203,50 +202,51 @@ def bench_clado(m, args) -> dict:
     L, B = len(qm.decided), len(qm.candidates)
     count = measurement_count(L, B)
     persistent = persistent_bytes(qm)
-    # warm up every code path once (library initialisation is not the engines' memory)
-    with torch.no_grad():
+    with torch.no_grad():                        # warm up the libraries once
         qm.apply(qm.options[:1])
         qm.set_cached(False)
         qm(x)
         qm.set_cached(True)
         qm.reset()
-        qm(x)
     t = time.perf_counter()
     runner = make_runner(qm)
     build = time.perf_counter() - t
-    runner.probe(x)
     res = {"decided_layers": L, "widths": B, "measurements_per_batch": count,
            "runner": type(runner).__name__, "runner_build_s": round(build, 3), "persistent_MB": mb(persistent)}
-
-    ref, w, c, extra = measure(lambda: clado_reference(qm, x, y))
-    res["reference"] = {"s_per_batch": round(w, 3), "cpu_s": round(c, 3), "extra_rss_MB": mb(extra)}
-    fast1, w1, c1, extra1 = measure(lambda: clado_fast(qm, x, y, runner=runner))
-    fast, w, c, extra = measure(lambda: clado_fast(qm, x, y, runner=runner))
-    res["fast"] = {"s_per_batch": round(w, 3), "cpu_s": round(c, 3), "extra_rss_MB": mb(extra),
-                   "first_batch_s": round(w1, 3), "first_batch_extra_rss_MB": mb(extra1),
-                   "max_batch": runner.stats.get("max_batch") if isinstance(runner, FastRunner) else None,
-                   "stacked_layers": int(sum(bool(v) for v in getattr(runner, "stack_ok", []))),
-                   "peak_env_MB": mb(runner.stats.get("peak_env_bytes")) if isinstance(runner, FastRunner) else None}
-    seed, w_s, c_s, extra_s = measure(lambda: seed_style(qm, x, y, sample=args.seed_measurements))
+    # the first batch of a runner verifies its stacked passes once
+    fast1, w1, _ = timed(lambda: clado_fast(qm, x, y, runner=runner))
+    best = best_of(args.reps if "embedded" in m["key"] else 1,
+                   {"reference": lambda: clado_reference(qm, x, y), "fast": lambda: clado_fast(qm, x, y, runner=runner)})
+    ref, fast = best["reference"][0], best["fast"][0]
+    seed, w_s, _ = timed(lambda: seed_style(qm, x, y, sample=args.seed_measurements))
+    for name in ("reference", "fast"):
+        res[name] = {"s_per_batch": round(best[name][1], 3), "cpu_s": round(best[name][2], 3)}
+    res["fast"].update({"first_batch_s": round(w1, 3),
+                        "max_batch": runner.stats.get("max_batch") if isinstance(runner, FastRunner) else None,
+                        "stacked_layers": int(sum(bool(v) for v in getattr(runner, "stack_ok", [])))})
     extrapolated = seed["measured"] < count
     res["seed_style"] = {"s_per_batch": round(seed["sec_per_measurement"] * count, 3),
                          "extrapolated_from": seed["measured"] if extrapolated else None,
-                         "sec_per_measurement": round(seed["sec_per_measurement"], 5), "extra_rss_MB": mb(extra_s)}
+                         "sec_per_measurement": round(seed["sec_per_measurement"], 5)}
     Lt = fast["Ltilde"]
     seed_diff = max([abs(v - Lt[k[0], k[-1]]) for k, v in seed["values"].items()] + [abs(seed["L0"] - float(fast["L0"]))])
     res["max_abs_diff"] = {"fast_vs_reference": float(np.abs(Lt - ref["Ltilde"]).max()),
                            "fast_vs_seed_style": float(seed_diff),
-                           "fast_first_vs_steady": float(np.abs(fast1["Ltilde"] - Lt).max())}
+                           "first_batch_vs_later": float(np.abs(fast1["Ltilde"] - Lt).max())}
     tr, tf, ts = res["reference"]["s_per_batch"], res["fast"]["s_per_batch"], res["seed_style"]["s_per_batch"]
     res["speedup"] = {"fast_vs_reference": round(tr / tf, 2), "fast_vs_seed_style": round(ts / tf, 2),
                       "reference_vs_seed_style": round(ts / tr, 2),
                       "fast_vs_reference_cpu": round(res["reference"]["cpu_s"] / res["fast"]["cpu_s"], 2)}
-    if extra is not None and res["reference"]["extra_rss_MB"] is not None:
-        tot_r = persistent + res["reference"]["extra_rss_MB"] * 1e6
-        tot_f = persistent + res["fast"]["extra_rss_MB"] * 1e6
-        res["memory_ratio_fast_vs_reference"] = {
-            "total": round(tot_f / tot_r, 2),
-            "extra_only": round(res["fast"]["extra_rss_MB"] / max(res["reference"]["extra_rss_MB"], 1e-9), 2)}
+    if not args.no_memory:
+        _, pf = tensor_peak(lambda: clado_fast(qm, x, y, runner=runner))
+        _, pr = tensor_peak(lambda: clado_reference(qm, x, y))
+        _, ps = tensor_peak(lambda: seed_style(qm, x, y, sample=8))
+        mem = {"persistent_MB": mb(persistent), "fast_peak_MB": mb(pf), "reference_peak_MB": mb(pr),
+               "seed_style_peak_MB": mb(ps),
+               "fast_peak_env_MB": mb(runner.stats.get("peak_env_bytes")) if isinstance(runner, FastRunner) else None}
+        mem["total_ratio_fast_vs_reference"] = round((persistent + pf) / (persistent + pr), 2)
+        mem["peak_ratio_fast_vs_reference"] = round(pf / max(pr, 1), 2)
+        res["memory"] = mem
     return res
 
 
@@ -257,22 +257,17 @@ def bench_mpqco(m, args) -> dict:
     model.requires_grad_(True)
     mpqco_fast(model, qm, x, y)
     mpqco_reference(model, qm, x[:2], y[:2])
-    runs = {}
-    for name, fn in (("reference", lambda: mpqco_reference(model, qm, x, y)),
-                     ("fast", lambda: mpqco_fast(model, qm, x, y))):
-        best = None
-        for _ in range(args.reps_small):
-            out, w, c, extra = measure(fn)
-            if best is None or w < best[1]:
-                best = (out, w, c, extra)
-        runs[name] = best
-    ref, fast = runs["reference"][0]["s"], runs["fast"][0]["s"]
-    res = {name: {"s_per_batch": round(r[1], 4), "cpu_s": round(r[2], 4), "extra_rss_MB": mb(r[3])}
-           for name, r in runs.items()}
+    best = best_of(args.reps_small, {"reference": lambda: mpqco_reference(model, qm, x, y),
+                                     "fast": lambda: mpqco_fast(model, qm, x, y)})
+    ref, fast = best["reference"][0]["s"], best["fast"][0]["s"]
+    res = {name: {"s_per_batch": round(r[1], 4), "cpu_s": round(r[2], 4)} for name, r in best.items()}
     res["max_rel_diff"] = float((np.abs(fast - ref) / np.maximum(np.abs(ref), 1e-30)).max())
     res["max_abs_diff"] = float(np.abs(fast - ref).max())
-    res["speedup"] = {"fast_vs_reference": round(runs["reference"][1] / runs["fast"][1], 2),
-                      "fast_vs_reference_cpu": round(runs["reference"][2] / runs["fast"][2], 2)}
+    res["speedup"] = {"fast_vs_reference": round(best["reference"][1] / best["fast"][1], 2),
+                      "fast_vs_reference_cpu": round(best["reference"][2] / best["fast"][2], 2)}
+    if not args.no_memory:
+        res["reference"]["peak_MB"] = mb(tensor_peak(lambda: mpqco_reference(model, qm, x, y))[1])
+        res["fast"]["peak_MB"] = mb(tensor_peak(lambda: mpqco_fast(model, qm, x, y))[1])
     return res
 
 
@@ -282,14 +277,13 @@ def bench_hawq(m, probes: int, seed: int = 1) -> dict:
     model, qm, x, y = m["model"], m["qm"], m["x"], m["y"]
     model.requires_grad_(True)
     L = len(qm.decided)
-    out = {}
+    out, runs = {}, {}
     for est in ("per-layer", "all-layers"):
-        r, w, c, extra = measure(lambda: hawq_traces(model, qm, x, y, "ce", max_iter=probes, tol=1e-12,
-                                                     seed=seed, estimator=est, return_samples=True))
-        out[est] = {"s_per_batch": round(w, 3), "hvp": probes * (L if est == "per-layer" else 1),
-                    "extra_rss_MB": mb(extra), "_r": r}
-    per, allr = out["per-layer"].pop("_r"), out["all-layers"].pop("_r")
-    sp, sa = per["samples"], allr["samples"]
+        r, w, _ = timed(lambda: hawq_traces(model, qm, x, y, "ce", max_iter=probes, tol=1e-12,
+                                            seed=seed, estimator=est, return_samples=True))
+        out[est] = {"s_per_batch": round(w, 3), "hvp": probes * (L if est == "per-layer" else 1)}
+        runs[est] = r
+    sp, sa = runs["per-layer"]["samples"], runs["all-layers"]["samples"]
     mean = np.abs(sp.mean(1))
     vp, va = sp.var(1, ddof=1), sa.var(1, ddof=1)
     tp, ta = out["per-layer"]["s_per_batch"], out["all-layers"]["s_per_batch"]
@@ -321,7 +315,7 @@ def hawq_study(m, seeds: int, max_iter: int, tol: float) -> dict:
     for est in ("per-layer", "all-layers"):
         ts, traces, iters = [], [], []
         for sd in range(seeds):
-            r, w, _, _ = measure(lambda: hawq_traces(model, qm, x, y, "ce", max_iter=max_iter, tol=tol, seed=sd,
+            r, w, _ = timed(lambda: hawq_traces(model, qm, x, y, "ce", max_iter=max_iter, tol=tol, seed=sd,
                                                      estimator=est))
             ts.append(w)
             traces.append(r["traces"])
@@ -343,24 +337,27 @@ def report_clado(name, r):
     ex = f" (extrapolated from {s['extrapolated_from']} of {r['measurements_per_batch']} measurements)" \
         if s["extrapolated_from"] else ""
     print(f"  clado  {r['decided_layers']} decided layers x {r['widths']} widths, "
-          f"{r['measurements_per_batch']} measurements/batch, runner {r['runner']}, persistent {r['persistent_MB']} MB")
-    print(f"    seed-style  {s['s_per_batch']:9.3f} s/batch{ex}   extra RSS {s['extra_rss_MB']} MB")
-    print(f"    reference   {ref['s_per_batch']:9.3f} s/batch   extra RSS {ref['extra_rss_MB']} MB")
-    print(f"    fast        {fast['s_per_batch']:9.3f} s/batch   extra RSS {fast['extra_rss_MB']} MB   "
-          f"(first batch {fast['first_batch_s']} s; max_batch {fast['max_batch']})")
+          f"{r['measurements_per_batch']} measurements/batch, runner {r['runner']}")
+    print(f"    seed-style  {s['s_per_batch']:9.3f} s/batch{ex}")
+    print(f"    reference   {ref['s_per_batch']:9.3f} s/batch")
+    print(f"    fast        {fast['s_per_batch']:9.3f} s/batch   (first batch {fast['first_batch_s']} s; "
+          f"max_batch {fast['max_batch']})")
     sp, d = r["speedup"], r["max_abs_diff"]
     print(f"    fast is {sp['fast_vs_seed_style']}x seed-style, {sp['fast_vs_reference']}x reference "
           f"(cpu time {sp['fast_vs_reference_cpu']}x); max |dLtilde| fast-reference {d['fast_vs_reference']:.2e}, "
           f"fast-seed-style {d['fast_vs_seed_style']:.2e}")
-    if "memory_ratio_fast_vs_reference" in r:
-        mr = r["memory_ratio_fast_vs_reference"]
-        print(f"    memory fast/reference: total {mr['total']}x, extra RSS only {mr['extra_only']}x")
+    if "memory" in r:
+        mm = r["memory"]
+        print(f"    memory: persistent {mm['persistent_MB']} MB; peak beyond it: seed-style {mm['seed_style_peak_MB']} MB, "
+              f"reference {mm['reference_peak_MB']} MB, fast {mm['fast_peak_MB']} MB; "
+              f"total fast/reference {mm['total_ratio_fast_vs_reference']}x (peak only {mm['peak_ratio_fast_vs_reference']}x)")
 
 
 def report_mpqco(name, r):
+    mem = (f"; peak {r['reference']['peak_MB']} / {r['fast']['peak_MB']} MB" if "peak_MB" in r["reference"] else "")
     print(f"  mpqco  reference {r['reference']['s_per_batch']:.4f} s/batch, fast {r['fast']['s_per_batch']:.4f} s/batch: "
           f"{r['speedup']['fast_vs_reference']}x (cpu {r['speedup']['fast_vs_reference_cpu']}x); "
-          f"max rel diff {r['max_rel_diff']:.2e}; extra RSS {r['reference']['extra_rss_MB']} / {r['fast']['extra_rss_MB']} MB")
+          f"max rel diff {r['max_rel_diff']:.2e}{mem}")
 
 
 def report_hawq(name, r):
@@ -381,7 +378,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--seed-measurements", type=int, default=64,
                     help="measurements the seed-style engine runs (0: all); its time is extrapolated")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions on the embedded models (best kept)")
     ap.add_argument("--reps-small", type=int, default=3, help="repetitions of the short MPQCO runs (best kept)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the profiled memory runs")
     ap.add_argument("--hawq-probes", default="embedded64=32,embedded16=32,resnet18=8",
                     help="probes per layer for the HAWQ timing, per model")
     ap.add_argument("--hawq-study", action="store_true",
@@ -391,17 +390,16 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     os.environ.setdefault("CLADO_HOME", str(Path.home() / ".cache" / "clado"))
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")     # the profiler's own chatter
     os.environ["CLADO_NO_PROGRESS"] = "1"
-    pinned = pin_malloc()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine()
-    info["malloc_pinned"] = pinned
-    info["peak_rss_resettable"] = can_reset_peak()
+    info["load_average_at_start"] = os.getloadavg()
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} on CPU, "
-          f"{info['torch_threads']} threads; malloc pinned: {pinned}")
+          f"{info['torch_threads']} threads; load average {info['load_average_at_start']}")
     methods = args.methods.split(",")
     probes = dict(kv.split("=") for kv in args.hawq_probes.split(","))
     results = {"machine": info, "models": {}}
@@ -409,6 +407,7 @@ def main(argv=None):
     for key in args.models.split(","):
         t0 = time.time()
         m = resnet18_setup() if key == "resnet18" else embedded_setup(int(key.replace("embedded", "") or 64))
+        m["key"] = key
         print(f"\n== {m['desc']} (setup {time.time() - t0:.1f} s) ==")
         r = results["models"][key] = {"desc": m["desc"]}
         if "clado" in methods:
@@ -429,6 +428,7 @@ def main(argv=None):
                       f"rel diff of means {st['rel_diff_of_seed_means']['median']} (median)")
         print(f"  ({time.time() - t0:.1f} s)")
     results["seconds"] = round(time.time() - t_all, 1)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     print(f"\ntotal {results['seconds']} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
