@@ -83,9 +83,7 @@ def distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = False) ->
     s.check_batch_range(sb, eb)
     s.cache.ensure()
     if force and rank == 0:
-        p = s.cache.method_dir(method) / "params.json"
-        if p.exists():
-            p.unlink()
+        s.cache.forget_params(method)
     s.qmodel  # noqa: B018
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:

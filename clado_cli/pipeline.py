@@ -14,7 +14,7 @@ from .optimize import resolve_budget_spec
 
 def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None,
                  methods: Optional[Sequence[str]] = None, uniform: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-    from .cli.common import write_json
+    from .jsonio import write_json
     from .decide import SOURCE, decide
     from .evaluate import evaluate_decision, evaluate_uniform
     from .plots import pareto_plot

@@ -3,17 +3,16 @@ and JSON/table output."""
 from __future__ import annotations
 
 import functools
-import json
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import typer
 
-from ..console import err, out, set_quiet
+from ..console import err, set_quiet
 from ..errors import CladoError
+from ..jsonio import print_json, write_json  # noqa: F401  (re-exported for the commands)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/default.yaml).")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto.")
@@ -98,28 +97,3 @@ def session_for(cfg):
     from ..session import Session
 
     return Session(cfg)
-
-
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
-    sys.stdout.flush()
-
-
-def _default(o):
-    import numpy as np
-
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    from ..prep.cache import atomic_write
-
-    atomic_write(Path(path), (json.dumps(obj, indent=2, default=_default) + "\n").encode())

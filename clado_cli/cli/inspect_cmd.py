@@ -1,6 +1,7 @@
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -35,7 +36,7 @@ def inspect(config: Optional[Path] = ConfigOpt,
             from ..errors import UsageError
 
             raise UsageError("--heatmap needs CLADO sensitivities in the cache (run clado prep clado)")
-        heatmap_plot(__import__("numpy").array(rep["interaction"]["matrix"]), rep["layers"], heatmap,
+        heatmap_plot(np.array(rep["interaction"]["matrix"]), rep["layers"], heatmap,
                      f"CLADO cross-layer interactions G[(l,{rep['interaction']['bits']}),(m,{rep['interaction']['bits']})]")
         rep["heatmap"] = str(heatmap)
     if csv is not None:
@@ -43,7 +44,6 @@ def inspect(config: Optional[Path] = ConfigOpt,
         for m, info in rep["methods"].items():
             for name, vals in zip(rep["layers"], info["per_layer"]):
                 lines.append(f"{m},{name}," + ",".join(f"{v:.9g}" for v in vals))
-        from .common import write_json  # noqa: F401  (atomic write helper lives beside it)
         from ..prep.cache import atomic_write
 
         atomic_write(csv, ("\n".join(lines) + "\n").encode())

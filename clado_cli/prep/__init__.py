@@ -13,9 +13,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..console import log, progress, warn
+from ..console import progress, warn
 from ..errors import UsageError
-from .cache import METHOD_DIRS, Cache
+from .cache import Cache
 from .clado import clado_fast, clado_reference, make_runner, measurement_count
 
 METHODS = ("clado", "mpqco", "hawq")
@@ -82,11 +82,7 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
     cache.ensure()
     params = method_params(session, method)
     if force:
-        import shutil
-
-        p = cache.method_dir(method) / "params.json"
-        if p.exists():
-            p.unlink()
+        cache.forget_params(method)
     cache.check_params(method, params)
     qm = session.qmodel  # calibrates (or loads the cached calibration) before any timing
     runner = None

@@ -147,6 +147,13 @@ class Cache:
     def method_dir(self, method: str) -> Path:
         return self.root / METHOD_DIRS[method]
 
+    def forget_params(self, method: str) -> None:
+        """Drop the recorded method settings (--force recomputes under the current ones)."""
+        try:
+            (self.method_dir(method) / "params.json").unlink()
+        except FileNotFoundError:
+            pass
+
     def check_params(self, method: str, params: Mapping[str, Any], write: bool = True) -> None:
         """Settings that change one method's numbers (e.g. HAWQ's estimator) without
         changing the others'; a cache made with other settings is refused."""

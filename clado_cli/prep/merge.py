@@ -1,7 +1,6 @@
 """Merge shard outputs (fingerprint directories) into one cache."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List
 
