@@ -38,6 +38,24 @@ def work_per_batch(session, method: str) -> int:
     return L
 
 
+def prep_runner(session, method: str, engine: str):
+    """What the fast engines reuse across every batch of a run, built once per session: the
+    CLADO FastRunner (None when the model cannot be traced: reference engine), the MPQCO
+    weight deltas ΔW(l, b) (B copies of the decided weights). None for everything else."""
+    if engine != "fast" or method not in ("clado", "mpqco"):
+        return None
+    runners = session.__dict__.setdefault("_prep_runners", {})
+    if method not in runners:
+        qm = session.qmodel
+        if method == "clado":
+            runners[method] = make_runner(qm)
+        else:
+            from .mpqco import weight_deltas
+
+            runners[method] = weight_deltas(qm)
+    return runners[method]
+
+
 def compute_batch(session, method: str, k: int, engine: str = "fast",
                   tick: Optional[Callable[[int], None]] = None, runner=None) -> Dict[str, np.ndarray]:
     """The sensitivities of one batch (no caching)."""
@@ -51,8 +69,9 @@ def compute_batch(session, method: str, k: int, engine: str = "fast",
     if method == "mpqco":
         from .mpqco import mpqco_fast, mpqco_reference
 
-        fn = mpqco_fast if engine == "fast" else mpqco_reference
-        return fn(session.float_model, qm, x, y, tick=tick)
+        if engine == "fast":
+            return mpqco_fast(session.float_model, qm, x, y, tick=tick, deltas=runner)
+        return mpqco_reference(session.float_model, qm, x, y, tick=tick)
     if method == "hawq":
         from .hawq import hawq_traces
 
@@ -85,9 +104,8 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
         cache.forget_params(method)
     cache.check_params(method, params)
     qm = session.qmodel  # calibrates (or loads the cached calibration) before any timing
-    runner = None
+    runner = prep_runner(session, method, engine)
     if method == "clado" and engine == "fast":
-        runner = make_runner(qm)
         if runner is None:
             warn("the model cannot be traced by torch.fx; CLADO prep uses the reference engine")
             engine = "reference"
@@ -158,7 +176,7 @@ def compute_batch_part(session, method: str, k: int, rank: int, size: int) -> Di
     cfg = session.cfg
     if method == "clado":
         rows = [l for l in range(len(qm.decided)) if l % size == rank]
-        runner = make_runner(qm) if cfg.prep.engine == "fast" else None
+        runner = prep_runner(session, method, cfg.prep.engine)
         if runner is not None:
             vals = clado_fast(qm, x, y, cfg.prep.loss, runner=runner, rows=rows)
         else:
@@ -171,8 +189,11 @@ def compute_batch_part(session, method: str, k: int, rank: int, size: int) -> Di
         idx = torch.arange(rank, x.shape[0], size, device=x.device)
         if len(idx) == 0:
             return {"s_sum": np.zeros((L, B))}
-        fn = mpqco_fast if cfg.prep.engine == "fast" else mpqco_reference
-        part = fn(session.float_model.requires_grad_(True), qm, x[idx], y[idx])["s"]
+        model = session.float_model.requires_grad_(True)
+        if cfg.prep.engine == "fast":
+            part = mpqco_fast(model, qm, x[idx], y[idx], deltas=prep_runner(session, method, "fast"))["s"]
+        else:
+            part = mpqco_reference(model, qm, x[idx], y[idx])["s"]
         return {"s_sum": part * 2 * len(idx)}
     if method == "hawq":
         if rank == 0:

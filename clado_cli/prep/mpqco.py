@@ -79,7 +79,7 @@ def _apply_delta(layer: nn.Module, x: torch.Tensor, dw: torch.Tensor) -> torch.T
     return layer._conv_forward(x, dw, None)
 
 
-def _mpqco_linear(model, qm: QuantModel, x, y) -> np.ndarray:
+def _mpqco_linear(model, qm: QuantModel, x, y, deltas: Optional[Dict[str, torch.Tensor]] = None) -> np.ndarray:
     names = [q.name for q in qm.decided]
     layers = [model.get_submodule(n) for n in names]
     calls: List[List[tuple]] = [[] for _ in layers]
@@ -103,20 +103,25 @@ def _mpqco_linear(model, qm: QuantModel, x, y) -> np.ndarray:
     N = x.shape[0]
     dots = torch.zeros(len(names), len(qm.candidates), N, dtype=torch.float64, device=x.device)
     g_iter = iter(grads)
-    # one buffer for every ΔW (a fresh allocation per option costs more than the subtraction)
-    buf = torch.empty(max(q.layer.weight.numel() for q in qm.decided), dtype=x.dtype, device=x.device)
+    buf = None
+    if deltas is None:
+        # one buffer for every ΔW (a fresh allocation per option costs more than the subtraction)
+        buf = torch.empty(max(q.layer.weight.numel() for q in qm.decided), dtype=x.dtype, device=x.device)
     with torch.no_grad():
         for l, (layer, q) in enumerate(zip(layers, qm.decided)):
             w = q.layer.weight.detach()
-            dw = buf[:w.numel()].view(w.shape)
             for inp, _ in calls[l]:
                 go = next(g_iter)
                 if go is None:
                     continue
                 for k, b in enumerate(qm.candidates):
-                    torch.sub(q.quantized_weight(b), w, out=dw)
+                    if deltas is None:
+                        dw = torch.sub(q.quantized_weight(b), w, out=buf[:w.numel()].view(w.shape))
+                    else:
+                        dw = deltas[q.name][k]
                     d = _apply_delta(layer, inp, dw)
-                    dots[l, k] += d.mul_(go).reshape(N, -1).sum(1, dtype=torch.float64)
+                    # per-sample ⟨∂z_n/∂o_n, layer(x_n, ΔW)⟩ in fp32, as the reference's dot
+                    dots[l, k] += d.mul_(go).reshape(N, -1).sum(1)
     return ((dots / z.double()) ** 2).sum(-1).cpu().numpy()
 
 
@@ -143,16 +148,23 @@ def _mpqco_vmap(model, names, deltas, x, y, max_chunk_bytes) -> np.ndarray:
     return s
 
 
+def mpqco_linear_applies(model: torch.nn.Module, qm: QuantModel) -> bool:
+    """Whether every decided layer is linear in its weight (`method="auto"` then picks "linear")."""
+    return all(_is_linear_in_weight(model.get_submodule(q.name)) for q in qm.decided)
+
+
 def mpqco_fast(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch.Tensor,
                tick: Optional[Callable[[int], None]] = None, max_chunk_bytes: float = 1e9,
-               method: str = "auto") -> Dict[str, np.ndarray]:
+               method: str = "auto", deltas: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, np.ndarray]:
+    """`deltas`: `weight_deltas(qm)`, computed once and passed to every batch of a run, saves
+    recomputing the ΔW each call (at the cost of holding B copies of the decided weights)."""
     names = [q.name for q in qm.decided]
     if method == "auto":
-        method = "linear" if all(_is_linear_in_weight(model.get_submodule(n)) for n in names) else "vmap"
+        method = "linear" if mpqco_linear_applies(model, qm) else "vmap"
     if method == "linear":
-        s = _mpqco_linear(model, qm, x, y)
+        s = _mpqco_linear(model, qm, x, y, deltas)
     elif method == "vmap":
-        s = _mpqco_vmap(model, names, weight_deltas(qm), x, y, max_chunk_bytes)
+        s = _mpqco_vmap(model, names, deltas or weight_deltas(qm), x, y, max_chunk_bytes)
     else:
         raise ValueError(f"unknown MPQCO method {method!r}")
     N = x.shape[0]

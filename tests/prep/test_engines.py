@@ -211,6 +211,26 @@ def test_mpqco_fast_equals_reference_on_embedded_model(shared_session):
         assert np.allclose(fast, ref, rtol=1e-4, atol=1e-12), method
 
 
+def test_mpqco_cached_deltas_give_identical_numbers(shared_session):
+    """prep computes ΔW once per run (prep_runner) and passes it to every batch; that must give
+    the very same numbers as recomputing ΔW inside each call, on both fast methods."""
+    from clado_cli.prep import prep_runner
+    from clado_cli.prep.mpqco import mpqco_fast, weight_deltas
+
+    s = shared_session
+    model = s.float_model.requires_grad_(True)
+    x, y = s.sensitivity_batch(1)
+    deltas = prep_runner(s, "mpqco", "fast")
+    assert deltas is prep_runner(s, "mpqco", "fast")          # built once per session
+    assert prep_runner(s, "mpqco", "reference") is None
+    for name, d in weight_deltas(s.qmodel).items():
+        assert torch.equal(deltas[name], d)
+    for method in ("linear", "vmap"):
+        a = mpqco_fast(model, s.qmodel, x, y, method=method)["s"]
+        b = mpqco_fast(model, s.qmodel, x, y, method=method, deltas=deltas)["s"]
+        assert np.array_equal(a, b), method
+
+
 def test_mpqco_fast_on_subclass_layers_uses_vmap_and_agrees():
     from clado_cli.prep.mpqco import _is_linear_in_weight, mpqco_fast, mpqco_reference
 
