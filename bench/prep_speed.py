@@ -53,13 +53,25 @@ sys.path.insert(0, str(ROOT))
 
 # -- measuring ------------------------------------------------------------------------------
 
+DEVICE = "cpu"      # set by --device; on CUDA, timings synchronize and peaks come from the allocator
+
+
+def _sync():
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def timed(fn):
     """(result, wall seconds, cpu seconds)."""
     import gc
 
     gc.collect()
+    _sync()
     w, c = time.perf_counter(), time.process_time()
     out = fn()
+    _sync()
     return out, time.perf_counter() - w, time.process_time() - c
 
 
@@ -67,9 +79,17 @@ def tensor_peak(fn):
     """(result, peak bytes of torch tensors alive at once during fn beyond those alive before)."""
     import gc
 
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
+    if DEVICE == "cuda":              # the allocator's own peak: torch.cuda.max_memory_allocated
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, torch.cuda.max_memory_allocated() - before
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -106,9 +126,10 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "cuda_used": False, "platform": platform.platform()}
+            "cuda_used": DEVICE == "cuda", "gpu": gpu, "platform": platform.platform()}
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -118,7 +139,7 @@ def embedded_setup(bs: int):
     from clado_cli.session import Session
 
     home = Path(os.environ["CLADO_HOME"])
-    cfg = load_config(None, {"data.bs": bs, "cache_dir": str(home / "bench-cache"), "device": "cpu"})
+    cfg = load_config(None, {"data.bs": bs, "cache_dir": str(home / "bench-cache"), "device": DEVICE})
     s = Session(cfg, log_fn=lambda *_: None)
     qm = s.qmodel
     x, y = s.sensitivity_batch(0)
@@ -126,7 +147,7 @@ def embedded_setup(bs: int):
             "desc": f"embedded digits model, batch {bs} (8x8 inputs)"}
 
 
-def resnet18_setup(bs: int = 16, px: int = 64, seed: int = 0):
+def resnet_setup(arch: str = "resnet18", bs: int = 16, px: int = 64, seed: int = 0):
     import torch
     import torchvision
 
@@ -135,22 +156,40 @@ def resnet18_setup(bs: int = 16, px: int = 64, seed: int = 0):
     from clado_cli.quant.model import QuantModel
 
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=10).eval()
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(bs, 3, px, px, generator=g)
     y = torch.randint(0, 10, (bs,), generator=g)
     plan = plan_layers(model, x[:1], LayersConfig())
-    qm = QuantModel(model, plan, QuantConfig()).eval()
+    model = model.to(DEVICE)
+    qm = QuantModel(model, plan, QuantConfig()).to(DEVICE).eval()
     cal = [torch.randn(bs, 3, px, px, generator=g) for _ in range(2)]
-    path = Path(os.environ["CLADO_HOME"]) / "bench-cache" / f"resnet18-random{seed}-bs{bs}-{px}px-quant.pt"
+    path = Path(os.environ["CLADO_HOME"]) / "bench-cache" / f"{arch}-random{seed}-bs{bs}-{px}px-quant.pt"
     if path.is_file():
         qm.load_quant_state(torch.load(path))
     else:
-        qm.calibrate(cal)
+        qm.calibrate(cal, DEVICE)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(qm.quant_state(), path)
-    return {"name": f"resnet18 bs{bs}", "model": model, "qm": qm, "x": x, "y": y,
-            "desc": f"torchvision resnet18, random weights (seed {seed}), batch {bs}, {px}x{px} inputs"}
+    return {"name": f"{arch} bs{bs}", "model": model, "qm": qm, "x": x.to(DEVICE), "y": y.to(DEVICE),
+            "desc": f"torchvision {arch}, random weights (seed {seed}), batch {bs}, {px}x{px} inputs, {DEVICE}"}
+
+
+# the issue's settings: resnet18 at 64x64, batch 16 on the CPU; resnet34 at 224x224, batch 64 on a GPU
+RESNET_DEFAULTS = {"resnet18": (64, 16), "resnet34": (224, 64)}
+
+
+def model_setup(key: str):
+    """embedded64 / embedded16 / resnet18 / resnet34, or ARCH:PX:BS for another size."""
+    if key.startswith("embedded"):
+        return embedded_setup(int(key.replace("embedded", "") or 64))
+    arch, *rest = key.split(":")
+    px, bs = RESNET_DEFAULTS.get(arch, (64, 16))
+    if rest:
+        px = int(rest[0])
+    if len(rest) > 1:
+        bs = int(rest[1])
+    return resnet_setup(arch, bs=bs, px=px)
 
 
 # -- the seed-style engine ------------------------------------------------------------------
@@ -383,7 +422,10 @@ def report_hawq(name, r):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="embedded64,embedded16,resnet18",
-                    help="comma list of embedded64, embedded16, resnet18")
+                    help="comma list of embedded64, embedded16, resnet18 (64px, bs 16), resnet34 (224px, "
+                         "bs 64), or ARCH:PX:BS for any torchvision resnet")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the engines run (cuda: timings synchronize, peaks from the CUDA allocator)")
     ap.add_argument("--methods", default="clado,mpqco,hawq")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--seed-measurements", type=int, default=64,
@@ -404,11 +446,16 @@ def main(argv=None):
     os.environ["CLADO_NO_PROGRESS"] = "1"
     import torch
 
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA GPU is visible here")
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine()
     info["load_average_at_start"] = os.getloadavg()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} on CPU, "
+    where = f"GPU {info['gpu']}" if info["gpu"] else "CPU"
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} on {where}, "
           f"{info['torch_threads']} threads; load average {info['load_average_at_start']}")
     methods = args.methods.split(",")
     probes = dict(kv.split("=") for kv in args.hawq_probes.split(","))
@@ -416,7 +463,7 @@ def main(argv=None):
     t_all = time.time()
     for key in args.models.split(","):
         t0 = time.time()
-        m = resnet18_setup() if key == "resnet18" else embedded_setup(int(key.replace("embedded", "") or 64))
+        m = model_setup(key)
         m["key"] = key
         print(f"\n== {m['desc']} (setup {time.time() - t0:.1f} s) ==")
         r = results["models"][key] = {"desc": m["desc"]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -106,10 +106,20 @@ class LayersConfig(_Section):
 class PrepConfig(_Section):
     loss: Literal["ce", "kl"] = "ce"
     engine: Literal["fast", "reference"] = "fast"
+    # CLADO fast engine: perturbations stacked into one forward pass; auto keeps the peak
+    # memory within 2x of the reference engine's (docs/performance.md)
+    stack: Union[Literal["auto"], int] = "auto"
     # HAWQ trace estimator: per-layer probes, or all layers from the same probes
     hawq_estimator: Literal["per-layer", "all-layers"] = "per-layer"
     hawq_max_iter: int = Field(default=100, gt=0)
     hawq_tol: float = Field(default=1e-3, gt=0)
+
+    @field_validator("stack", mode="before")
+    @classmethod
+    def _stack(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"must be auto or a positive integer, not {v!r}")
 
 
 class OptimizeConfig(_Section):

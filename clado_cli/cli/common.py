@@ -79,7 +79,7 @@ def load(config: Optional[Path], quiet: bool = False, **flags: Any):
         "weights": "model.weights", "data": "data.dataset", "bs": "data.bs", "seed": "data.seed",
         "sb": "data.sb", "eb": "data.eb", "engine": "prep.engine", "loss": "prep.loss",
         "psd": "optimize.psd", "solver": "optimize.solver", "time_limit": "optimize.time_limit",
-        "hawq_estimator": "prep.hawq_estimator",
+        "hawq_estimator": "prep.hawq_estimator", "stack": "prep.stack",
     }
     overrides: Dict[str, Any] = {}
     names: Dict[str, str] = {}

@@ -25,13 +25,23 @@ def _shard(text: Optional[str]):
     return k, n
 
 
-def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
-         cache_dir, loss, as_json, quiet, hawq_estimator=None):
-    from ..prep import run_prep
+def _stack(text: Optional[str]):
+    """--stack: auto or a positive integer (the config validates the value)."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        from ..errors import UsageError
 
+        raise UsageError(f"--stack {text!r}: use auto or a positive integer") from None
+
+
+def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
+         cache_dir, loss, as_json, quiet, hawq_estimator=None, stack=None):
     cfg = load(config, quiet, sb=sb, eb=eb, bs=bs, seed=seed, engine=engine, model=model, weights=weights,
                data=data, device=device, threads=threads, cache_dir=cache_dir, loss=loss,
-               hawq_estimator=hawq_estimator)
+               hawq_estimator=hawq_estimator, stack=_stack(stack))
     from ..distributed import maybe_distributed_prep
 
     summary = maybe_distributed_prep(cfg, method, cfg.data.sb, cfg.data.eb, force=force, dry_run=dry_run,
@@ -63,9 +73,12 @@ def _command(method: str, doc: str, with_engine: bool):
             cache_dir: Optional[str] = CacheDirOpt,
             loss: Optional[str] = typer.Option(None, "--loss", help="ce (labels) or kl (to the float model's output)."),
             hawq_estimator: Optional[str] = typer.Option(None, "--estimator", help="HAWQ: per-layer or all-layers."),
+            stack: Optional[str] = typer.Option(
+                None, "--stack", help="CLADO fast engine: perturbations per forward pass, auto (peak memory within "
+                                      "2x of the reference engine's) or a number (more: faster, more memory)."),
             as_json: bool = JsonOpt, quiet: bool = QuietOpt):
         _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
-             cache_dir, loss, as_json, quiet, hawq_estimator)
+             cache_dir, loss, as_json, quiet, hawq_estimator, stack)
 
     cmd.__doc__ = doc
     cmd.__name__ = f"prep_{method}"

@@ -744,15 +744,20 @@ def persistent_bytes(qm: QuantModel) -> int:
 
 def auto_max_batch(runner: FastRunner, n_bits: int) -> int:
     """How many perturbations to stack per pass so that the fast engine's peak memory stays
-    within 2x of the reference's. With S the persistent bytes and F the bytes one plain
-    forward pass holds at its peak (measured by `probe`), the reference peaks near S + 2F and
-    the fast engine near S + (1 + 1.5·M)·F (trunk and branch values, and a pass of M stacked
-    perturbations); both models were fitted to measured peaks (docs/performance.md).
-    S + (1 + 1.5·M)·F ≤ 2·(S + 2F)  ⇔  M ≤ (S/F + 3) / 1.5. Capped at B² (every width of a
-    layer on every width of the branch)."""
+    within 2x of the reference's, counted both ways: the total (the QuantModel's persistent
+    tensors plus what a pass allocates) and the transient part alone. With S the persistent
+    bytes and F the bytes one plain forward pass holds at its peak (measured by `probe`), the
+    reference's transient peak is near 2F and the fast engine's near (1 + 1.5·M)·F (trunk and
+    branch values, and a pass of M stacked perturbations); both models were fitted to measured
+    peaks and are conservative on them (docs/performance.md).
+        total:      S + (1 + 1.5·M)·F ≤ 2·(S + 2F)  ⇔  M ≤ (S/F + 3) / 1.5
+        transient:      (1 + 1.5·M)·F ≤ 2·2F        ⇔  M ≤ 2
+    Capped at B² (every width of a layer on every width of the branch). `--stack N`
+    (prep.stack) overrides it: more is faster on small inputs and needs more memory."""
     F = max(1, runner.forward_live_bytes)
-    m = int((runner.persistent / F + 3) / 1.5)
-    return max(1, min(n_bits * n_bits, m))
+    total = (runner.persistent / F + 3) / 1.5
+    transient = (2 * 2 - 1) / 1.5
+    return max(1, min(n_bits * n_bits, int(total), int(transient)))
 
 
 def make_runner(qm: QuantModel, max_batch: Optional[int] = None):

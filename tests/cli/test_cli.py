@@ -135,6 +135,25 @@ def test_prep_optimize_evaluate_inspect_end_to_end(cfg_file, tmp_path):
     assert M[0, 1] == pytest.approx(Lt[0, B] - Lt[0, 0] - Lt[B, B], abs=1e-12)
 
 
+def test_prep_stack_changes_memory_not_numbers(cfg_file, tmp_path):
+    """--stack sets how many perturbations the fast engine stacks per pass (auto: 2 here, the
+    memory rule of docs/performance.md); the numbers are the same for every setting, and the
+    setting is not part of the cache fingerprint."""
+    from clado_cli.prep.cache import Cache
+
+    runs = {}
+    for stack in (None, "1", "9"):
+        d = tmp_path / f"stack-{stack}"
+        flags = [] if stack is None else ["--stack", stack]
+        summary = json.loads(invoke("prep", "clado", "-c", cfg_file, "--eb", "0", "--cache-dir", d, *flags,
+                                    "--json", "-q").stdout)
+        assert summary["stack"] == (2 if stack is None else int(stack))
+        runs[stack] = summary
+    assert len({Path(r["cache"]).name for r in runs.values()}) == 1          # one fingerprint
+    vals = [Cache.from_dir(Path(r["cache"])).read_batch("clado", 0)[0]["Ltilde"] for r in runs.values()]
+    assert all(np.array_equal(vals[0], v) for v in vals[1:])
+
+
 def test_run_writes_results_and_plot(cfg_file, tmp_path):
     out = tmp_path / "run"
     res = json.loads(invoke("run", "-c", cfg_file, "--out-dir", out, "--methods", "clado,hawq", "--json", "-q").stdout)
