@@ -76,28 +76,11 @@ def timed(fn):
 
 
 def tensor_peak(fn):
-    """(result, peak bytes of torch tensors alive at once during fn beyond those alive before)."""
-    import gc
+    """(result, peak bytes of torch tensors alive at once during fn beyond those alive before):
+    clado_cli.prep.memory.tensor_peak on this run's device."""
+    from clado_cli.prep.memory import tensor_peak as peak
 
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    if DEVICE == "cuda":              # the allocator's own peak: torch.cuda.max_memory_allocated
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        out = fn()
-        torch.cuda.synchronize()
-        return out, torch.cuda.max_memory_allocated() - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    cur = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        cur += e.nbytes()
-        peak = max(peak, cur)
-    return out, peak
+    return peak(fn, DEVICE)
 
 
 def best_of(reps: int, fns: dict) -> dict:
@@ -286,6 +269,22 @@ def bench_clado(m, args) -> dict:
         mem["total_ratio_fast_vs_reference"] = round((persistent + pf) / (persistent + pr), 2)
         mem["peak_ratio_fast_vs_reference"] = round(pf / max(pr, 1), 2)
         res["memory"] = mem
+    if args.stacks:
+        # the --stack trade-off: the same engine with N perturbations per pass (same numbers)
+        sweep = {}
+        for n in (int(v) for v in args.stacks.split(",")):
+            r = make_runner(qm, max_batch=n)
+            first = clado_fast(qm, x, y, runner=r)          # verification pass
+            out, w, _ = timed(lambda: clado_fast(qm, x, y, runner=r))
+            row = {"s_per_batch": round(w, 3), "fast_vs_reference": round(res["reference"]["s_per_batch"] / w, 2),
+                   "max_abs_diff_vs_reference": float(np.abs(out["Ltilde"] - ref["Ltilde"]).max())}
+            if not args.no_memory:
+                _, pk = tensor_peak(lambda: clado_fast(qm, x, y, runner=r))
+                row.update({"peak_MB": mb(pk), "peak_ratio": round(pk / max(pr, 1), 2),
+                            "total_ratio": round((persistent + pk) / (persistent + pr), 2)})
+            sweep[n] = row
+            del first
+        res["stack_sweep"] = sweep
     return res
 
 
@@ -400,6 +399,13 @@ def report_clado(name, r):
               f"total fast/reference {mm['total_ratio_fast_vs_reference']}x (peak only {mm['peak_ratio_fast_vs_reference']}x)")
 
 
+def report_stacks(r):
+    for n, row in r.get("stack_sweep", {}).items():
+        mem = (f", peak {row['peak_MB']} MB ({row['peak_ratio']}x reference's; total {row['total_ratio']}x)"
+               if "peak_MB" in row else "")
+        print(f"    --stack {n}: {row['s_per_batch']} s/batch, {row['fast_vs_reference']}x reference{mem}")
+
+
 def report_mpqco(name, r):
     mem = (f"; peak {r['reference']['peak_MB']} / {r['fast']['peak_MB']} MB (+ {r['deltas_MB']} MB of ΔW held "
            f"for the run)" if "peak_MB" in r["reference"] else "")
@@ -433,6 +439,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions on the embedded models (best kept)")
     ap.add_argument("--reps-small", type=int, default=3, help="repetitions of the short MPQCO runs (best kept)")
     ap.add_argument("--no-memory", action="store_true", help="skip the profiled memory runs")
+    ap.add_argument("--stacks", default=None,
+                    help="also time the CLADO fast engine at these --stack values, e.g. 1,2,3,6,9")
     ap.add_argument("--hawq-probes", default="embedded64=32,embedded16=32,resnet18=8",
                     help="probes per layer for the HAWQ timing, per model")
     ap.add_argument("--hawq-study", action="store_true",
@@ -470,6 +478,7 @@ def main(argv=None):
         if "clado" in methods:
             r["clado"] = bench_clado(m, args)
             report_clado(key, r["clado"])
+            report_stacks(r["clado"])
         if "mpqco" in methods:
             r["mpqco"] = bench_mpqco(m, args)
             report_mpqco(key, r["mpqco"])

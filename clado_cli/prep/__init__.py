@@ -161,8 +161,9 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
     return {
         "method": method, "fingerprint": cache.fingerprint, "cache": str(cache.root),
         "engine": engine if method == "clado" else None,
-        # perturbations stacked per pass by the CLADO fast engine (None when it ran no batch)
-        "stack": getattr(runner, "stats", {}).get("max_batch") if method == "clado" else None,
+        # perturbations stacked per pass at each decided layer by the CLADO fast engine
+        # (None when it computed no batch)
+        "stack": getattr(runner, "stats", {}).get("stack_per_layer") if method == "clado" else None,
         "batches": ks, "computed": computed, "skipped": skipped,
         "files": [str(cache.batch_path(method, k)) for k in ks],
         "seconds": round(seconds, 3), "negative_singles": negative,
@@ -228,7 +229,7 @@ def plan_work(session, method: str, ks: List[int], engine: str) -> Dict[str, Any
         fwd = time.time() - t
     if method == "clado":
         passes = measurement_count(L, B)
-        est = passes * fwd * (1.3 if engine == "reference" else 0.3)  # fast: measured 0.2-0.3x of reference
+        est = passes * fwd * (1.3 if engine == "reference" else 0.3)  # fast: measured 0.17-0.27x of reference
         per_file = 8 * (L * B) ** 2 + 300
         work = {"forward_passes": passes}
     elif method == "mpqco":

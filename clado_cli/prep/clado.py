@@ -685,6 +685,7 @@ class FastRunner:
         last = {n: max((self.index[u] for u in n.users), default=-1) for n in self.nodes}
         env = _Env(self, x)
         batch_first, peak = {}, 0
+        live = [0] * len(self.nodes)
         for i, n in enumerate(self.nodes):
             if n.op == "output":
                 break
@@ -692,11 +693,15 @@ class FastRunner:
                 continue
             v = env.vals[n] = self.eval_node(n, env)
             batch_first[n] = isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == N
-            peak = max(peak, env.nbytes())
+            live[i] = env.nbytes()
+            peak = max(peak, live[i])
             for a in n.all_input_nodes:
                 if last[a] == i:
                     env.vals.pop(a, None)
         self.forward_live_bytes = peak
+        # per decided layer: the most bytes a plain forward holds from that layer on (what
+        # one row of a pass at the layer holds, roughly)
+        self.tail_live_bytes = [max(live[self.index[f]:]) for f in self.fork_nodes]
         for l in range(len(self.fork_nodes)):
             reads = set(self.frontier[l])
             if any(n in self.batched and not batch_first.get(n, False) for n in reads):
@@ -742,21 +747,32 @@ def persistent_bytes(qm: QuantModel) -> int:
     return total
 
 
-def auto_max_batch(runner: FastRunner, n_bits: int) -> int:
-    """How many perturbations to stack per pass so that the fast engine's peak memory stays
-    within 2x of the reference's, counted both ways: the total (the QuantModel's persistent
-    tensors plus what a pass allocates) and the transient part alone. With S the persistent
-    bytes and F the bytes one plain forward pass holds at its peak (measured by `probe`), the
-    reference's transient peak is near 2F and the fast engine's near (1 + 1.5·M)·F (trunk and
-    branch values, and a pass of M stacked perturbations); both models were fitted to measured
-    peaks and are conservative on them (docs/performance.md).
-        total:      S + (1 + 1.5·M)·F ≤ 2·(S + 2F)  ⇔  M ≤ (S/F + 3) / 1.5
-        transient:      (1 + 1.5·M)·F ≤ 2·2F        ⇔  M ≤ 2
-    Capped at B² (every width of a layer on every width of the branch). `--stack N`
-    (prep.stack) overrides it: more is faster on small inputs and needs more memory."""
+# auto stacking aims at this fraction of the reference engine's peak memory: 2x, less a margin
+# for what the fitted model below does not see
+STACK_MEMORY_TARGET = 1.9
+
+
+def auto_max_batch(runner: FastRunner, n_bits: int, layer: Optional[int] = None) -> int:
+    """How many perturbations to stack per pass at decided layer `layer` so that the fast
+    engine's peak memory stays within 2x of the reference's (aiming at
+    T = STACK_MEMORY_TARGET = 1.9x), counted both ways: the total (the QuantModel's persistent
+    tensors plus what a pass allocates) and the transient part alone.
+
+    With S the persistent bytes and F the bytes one plain forward pass holds at its peak, the
+    reference's transient peak is near 2F; the fast engine's is near (1 + 1.5·M·Fm/F)·F, where
+    Fm ≤ F is what a plain forward holds from layer m on (a pass at m computes only the nodes
+    downstream of m, M perturbations stacked): the trunk and branch values plus the pass. F and
+    Fm are measured by `probe`; both models were fitted to measured peaks (docs/performance.md).
+        total:      S + (1 + 1.5·M·Fm/F)·F ≤ T·(S + 2F)  ⇔  M ≤ ((T−1)·S/F + 2T − 1)·F / (1.5·Fm)
+        transient:      (1 + 1.5·M·Fm/F)·F ≤ T·2F        ⇔  M ≤ (2T − 1)·F / (1.5·Fm)
+    Capped at B² (every width of a layer on every width of the branch). `layer` None: a pass
+    over the whole model (Fm = F). `--stack N` (prep.stack) sets one M for every layer
+    instead: more is faster on small inputs and needs more memory."""
+    T = STACK_MEMORY_TARGET
     F = max(1, runner.forward_live_bytes)
-    total = (runner.persistent / F + 3) / 1.5
-    transient = (2 * 2 - 1) / 1.5
+    Fm = F if layer is None else max(1, min(F, runner.tail_live_bytes[layer]))
+    total = ((T - 1) * runner.persistent / F + 2 * T - 1) * F / (1.5 * Fm)
+    transient = (2 * T - 1) * F / (1.5 * Fm)
     return max(1, min(n_bits * n_bits, int(total), int(transient)))
 
 
@@ -795,8 +811,12 @@ def _clado_stacked(qm: QuantModel, runner: FastRunner, x, y, loss_kind, tick, ma
     Lt = np.zeros((L * B, L * B), dtype=np.float64)
     runner.probe(x)
     M = max_batch if max_batch is not None else runner.max_batch
-    M = max(1, int(M if M is not None else auto_max_batch(runner, B)))
-    runner.stats["max_batch"] = M
+    if M is None:
+        Ms = [auto_max_batch(runner, B, m) for m in range(L)]
+    else:
+        Ms = [max(1, int(M))] * L
+    runner.stats["max_batch"] = max(Ms)
+    runner.stats["stack_per_layer"] = Ms
     trunk = _Env(runner, x)
     stats = runner.stats
 
@@ -835,8 +855,8 @@ def _clado_stacked(qm: QuantModel, runner: FastRunner, x, y, loss_kind, tick, ma
 
     def pairs(l, ks, br: _Env, m):
         P = br.P
-        kc = min(B, M)
-        pc = max(1, M // kc)
+        kc = min(B, Ms[m])
+        pc = max(1, Ms[m] // kc)
         for mk in _chunks(list(range(B)), kc):
             for p0 in range(0, P, pc):
                 p1 = min(P, p0 + pc)
@@ -878,7 +898,7 @@ def _clado_stacked(qm: QuantModel, runner: FastRunner, x, y, loss_kind, tick, ma
         if l not in mine:
             continue
         trunk.set_keep(*runner.trunk_keep[l])
-        size = min(B, M) if runner.stack_ok[l] is not False else 1
+        size = min(B, Ms[l]) if runner.stack_ok[l] is not False else 1
         for chunk in _chunks(list(range(B)), size):
             branch(l, chunk)
     trunk.vals.clear()

@@ -136,9 +136,9 @@ def test_prep_optimize_evaluate_inspect_end_to_end(cfg_file, tmp_path):
 
 
 def test_prep_stack_changes_memory_not_numbers(cfg_file, tmp_path):
-    """--stack sets how many perturbations the fast engine stacks per pass (auto: 2 here, the
-    memory rule of docs/performance.md); the numbers are the same for every setting, and the
-    setting is not part of the cache fingerprint."""
+    """--stack sets how many perturbations the fast engine stacks per pass (auto: per layer, by
+    the memory rule of docs/performance.md, more where less of the network is downstream); the
+    numbers are the same for every setting, and the setting is not part of the fingerprint."""
     from clado_cli.prep.cache import Cache
 
     runs = {}
@@ -147,7 +147,10 @@ def test_prep_stack_changes_memory_not_numbers(cfg_file, tmp_path):
         flags = [] if stack is None else ["--stack", stack]
         summary = json.loads(invoke("prep", "clado", "-c", cfg_file, "--eb", "0", "--cache-dir", d, *flags,
                                     "--json", "-q").stdout)
-        assert summary["stack"] == (2 if stack is None else int(stack))
+        if stack is None:
+            assert summary["stack"][0] < summary["stack"][-1] <= 9
+        else:
+            assert summary["stack"] == [int(stack)] * 12
         runs[stack] = summary
     assert len({Path(r["cache"]).name for r in runs.values()}) == 1          # one fingerprint
     vals = [Cache.from_dir(Path(r["cache"])).read_batch("clado", 0)[0]["Ltilde"] for r in runs.values()]
