@@ -106,8 +106,8 @@ class LayersConfig(_Section):
 class PrepConfig(_Section):
     loss: Literal["ce", "kl"] = "ce"
     engine: Literal["fast", "reference"] = "fast"
-    # CLADO fast engine: perturbations stacked into one forward pass; auto keeps the peak
-    # memory within 2x of the reference engine's (docs/performance.md)
+    # CLADO fast engine: perturbations stacked into one forward pass; auto picks them per layer
+    # and keeps the peak memory within 2x of the reference engine's (docs/performance.md)
     stack: Union[Literal["auto"], int] = "auto"
     # HAWQ trace estimator: per-layer probes, or all layers from the same probes
     hawq_estimator: Literal["per-layer", "all-layers"] = "per-layer"
