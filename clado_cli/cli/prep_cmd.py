@@ -37,8 +37,22 @@ def _stack(text: Optional[str]):
         raise UsageError(f"--stack {text!r}: use auto or a positive integer") from None
 
 
+# flags that only some methods read: given to another method they would be ignored silently
+_ONLY_FOR = {"--engine": ("clado", "mpqco"), "--stack": ("clado",), "--estimator": ("hawq",)}
+
+
+def _check_applies(method: str, given: dict) -> None:
+    from ..errors import UsageError
+
+    for flag, value in given.items():
+        if value is not None and method not in _ONLY_FOR[flag]:
+            users = " and ".join(f"prep {m}" for m in _ONLY_FOR[flag])
+            raise UsageError(f"{flag} does not apply to prep {method} (only to {users})")
+
+
 def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
          cache_dir, loss, as_json, quiet, hawq_estimator=None, stack=None):
+    _check_applies(method, {"--engine": engine, "--stack": stack, "--estimator": hawq_estimator})
     cfg = load(config, quiet, sb=sb, eb=eb, bs=bs, seed=seed, engine=engine, model=model, weights=weights,
                data=data, device=device, threads=threads, cache_dir=cache_dir, loss=loss,
                hawq_estimator=hawq_estimator, stack=_stack(stack))
@@ -59,23 +73,24 @@ def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model,
                   f"already cached, in {summary['seconds']:.1f} s -> {summary['cache']}")
 
 
-def _command(method: str, doc: str, with_engine: bool):
+def _command(method: str, doc: str):
     def cmd(config: Optional[Path] = ConfigOpt,
             sb: Optional[int] = typer.Option(None, "--sb", help="First sensitivity batch."),
             eb: Optional[int] = typer.Option(None, "--eb", help="Last sensitivity batch (inclusive)."),
             bs: Optional[int] = BsOpt, seed: Optional[int] = SeedOpt,
             force: bool = typer.Option(False, "--force", help="Recompute batches already cached."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Print the work and an estimate; compute nothing."),
-            engine: Optional[str] = typer.Option(None, "--engine", help="fast or reference (same numbers)."),
+            engine: Optional[str] = typer.Option(None, "--engine", help="clado, mpqco: fast or reference (same numbers)."),
             shard: Optional[str] = typer.Option(None, "--shard", help="Compute only shard K/N of the batches."),
             model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
             device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
             cache_dir: Optional[str] = CacheDirOpt,
             loss: Optional[str] = typer.Option(None, "--loss", help="ce (labels) or kl (to the float model's output)."),
-            hawq_estimator: Optional[str] = typer.Option(None, "--estimator", help="HAWQ: per-layer or all-layers."),
+            hawq_estimator: Optional[str] = typer.Option(None, "--estimator", help="hawq: per-layer or all-layers."),
             stack: Optional[str] = typer.Option(
-                None, "--stack", help="CLADO fast engine: perturbations per forward pass, auto (peak memory within "
-                                      "2x of the reference engine's) or a number (more: faster, more memory)."),
+                None, "--stack", help="clado, fast engine: perturbations per forward pass, auto (per layer, peak "
+                                      "memory within 2x of the reference engine's) or a number (more: faster, more "
+                                      "memory)."),
             as_json: bool = JsonOpt, quiet: bool = QuietOpt):
         _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
              cache_dir, loss, as_json, quiet, hawq_estimator, stack)
@@ -86,8 +101,8 @@ def _command(method: str, doc: str, with_engine: bool):
 
 
 _command("clado", "CLADO: Ltilde (float loss, every single option, every cross-layer pair) per batch.\n\n"
-         "Example: clado prep clado --config configs/demo.yaml --sb 0 --eb 3", True)
+         "Example: clado prep clado --config configs/demo.yaml --sb 0 --eb 3")
 _command("mpqco", "MPQCO: per-sample gradients of the true-class logit, sensitivity per option, per batch.\n\n"
-         "Example: clado prep mpqco --config configs/demo.yaml --sb 0 --eb 3", True)
+         "Example: clado prep mpqco --config configs/demo.yaml --sb 0 --eb 3")
 _command("hawq", "HAWQ-V3: Hutchinson trace of each decided layer's Hessian block, per batch.\n\n"
-         "Example: clado prep hawq --config configs/demo.yaml --sb 0 --eb 3 --estimator all-layers", False)
+         "Example: clado prep hawq --config configs/demo.yaml --sb 0 --eb 3 --estimator all-layers")

@@ -160,7 +160,7 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
                  f"loss on the sensitivity set); the release's no-budget sanity check fails on such estimates")
     return {
         "method": method, "fingerprint": cache.fingerprint, "cache": str(cache.root),
-        "engine": engine if method == "clado" else None,
+        "engine": engine if method in ("clado", "mpqco") else None,
         # perturbations stacked per pass at each decided layer by the CLADO fast engine
         # (None when it computed no batch)
         "stack": getattr(runner, "stats", {}).get("stack_per_layer") if method == "clado" else None,
