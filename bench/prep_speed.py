@@ -322,7 +322,7 @@ def bench_mpqco(m, args) -> dict:
     return res
 
 
-def bench_hawq(m, probes: int, seed: int = 1) -> dict:
+def bench_hawq(m, probes: int, seed: int = 1, memory: bool = True) -> dict:
     from clado_cli.prep.hawq import hawq_traces
 
     model, qm, x, y = m["model"], m["qm"], m["x"], m["y"]
@@ -346,6 +346,11 @@ def bench_hawq(m, probes: int, seed: int = 1) -> dict:
     out["layers_where_all_layers_wins_at_equal_time"] = int((eq < 1).sum())
     out["layers"] = L
     out["mean_rel_diff"] = _summary(np.abs(sa.mean(1) - sp.mean(1)) / mean)
+    if memory:   # two probes: the peak does not grow with the probe count
+        for est in ("per-layer", "all-layers"):
+            _, pk = tensor_peak(lambda: hawq_traces(model, qm, x, y, "ce", max_iter=2, tol=1e-12, seed=seed,
+                                                    estimator=est))
+            out[est]["peak_MB"] = mb(pk)
     return out
 
 
@@ -422,8 +427,9 @@ def report_mpqco(name, r):
 
 def report_hawq(name, r):
     p, a = r["per-layer"], r["all-layers"]
+    mem = f"; peak {p['peak_MB']} / {a['peak_MB']} MB" if "peak_MB" in p else ""
     print(f"  hawq   {r['probes']} probes/layer: per-layer {p['s_per_batch']} s/batch ({p['hvp']} HVPs), "
-          f"all-layers {a['s_per_batch']} s/batch ({a['hvp']} HVPs): {r['speedup_all_vs_per']}x faster")
+          f"all-layers {a['s_per_batch']} s/batch ({a['hvp']} HVPs): {r['speedup_all_vs_per']}x faster{mem}")
     print(f"         per-probe rel std (median over layers) per-layer {r['per_probe_rel_std']['per-layer']['median']}, "
           f"all-layers {r['per_probe_rel_std']['all-layers']['median']}; std ratio all/per at equal time "
           f"median {r['std_ratio_all_vs_per_at_equal_time']['median']} (max {r['std_ratio_all_vs_per_at_equal_time']['max']}); "
@@ -488,7 +494,7 @@ def main(argv=None):
             r["mpqco"] = bench_mpqco(m, args)
             report_mpqco(key, r["mpqco"])
         if "hawq" in methods:
-            r["hawq"] = bench_hawq(m, int(probes.get(key, 16)))
+            r["hawq"] = bench_hawq(m, int(probes.get(key, 16)), memory=not args.no_memory)
             report_hawq(key, r["hawq"])
             if args.hawq_study:
                 st = r["hawq_study"] = hawq_study(m, args.study_seeds, 100, 1e-3)
