@@ -17,8 +17,8 @@ Two engines with the same numbers (docs/performance.md has the measurements):
         the branch's own output gives the singles of l. Trunk and branch values are freed as
         soon as no later step reads them, so only "cut" values stay alive.
       * Stacking: the widths of l (a branch) and the widths of m (a pass) are stacked along
-        the batch dimension, up to `max_batch` perturbations per pass (default from
-        `auto_max_batch`, which keeps the peak memory within 2x of the reference's). The
+        the batch dimension, up to `max_batch` perturbations per pass (default: per layer
+        from `auto_max_batch`, which keeps the peak memory within 2x of the reference's). The
         first stacked pass of each layer is checked against its separate passes; a model
         that mixes samples across the batch is caught there and run one at a time.
       * Python overhead: each D(m) is one generated straight-line function (torch.fx code
