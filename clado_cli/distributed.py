@@ -60,6 +60,7 @@ def distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = False) ->
 
     from .console import set_quiet
     from .prep import compute_batch_part, finish_part, method_params, run_prep
+    from .prep.memory import peak_report
     from .session import Session
 
     rank, size, local = world()
@@ -110,6 +111,7 @@ def distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = False) ->
                 "batches": ks, "computed": todo, "skipped": [k for k in ks if k not in todo],
                 "files": [str(s.cache.batch_path(method, k)) for k in ks], "ranks": size,
                 "split": "batches" if len(todo) >= size else "within-batch",
-                "seconds": round(time.time() - t0, 3), "negative_singles": None}
+                "seconds": round(time.time() - t0, 3), "negative_singles": None, "stack": None,
+                "memory": peak_report(comm_device)}   # rank 0's
     finally:
         dist.destroy_process_group()

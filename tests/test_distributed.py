@@ -64,6 +64,7 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, eb, split):
         _single(single, method)
         summary = _torchrun(multi, method, tmp_path)
         assert summary["ranks"] == 2 and summary["split"] == split
+        assert summary["memory"]["process_peak_rss_bytes"] > 0
         _assert_same(_only_cache(tmp_path / "single"), _only_cache(tmp_path / "multi"), method, range(eb + 1))
 
 

@@ -69,8 +69,12 @@ def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model,
                   f"(cached: {summary['already_cached'] or 'none'}); per batch {summary['per_batch']}; "
                   f"about {summary['estimated_seconds']} s and {summary['estimated_cache_bytes']:,} bytes of cache")
     else:
+        mem = summary["memory"]
+        peak = mem.get("cuda_peak_allocated_bytes", mem["process_peak_rss_bytes"])
+        where = "GPU memory" if "cuda_peak_allocated_bytes" in mem else "memory (process peak)"
         out.print(f"{method}: computed {len(summary['computed'])} batch(es), skipped {len(summary['skipped'])} "
-                  f"already cached, in {summary['seconds']:.1f} s -> {summary['cache']}")
+                  f"already cached, in {summary['seconds']:.1f} s, {where} {peak / 2**20:,.0f} MiB "
+                  f"-> {summary['cache']}")
 
 
 def _command(method: str, doc: str):

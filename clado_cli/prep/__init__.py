@@ -16,6 +16,7 @@ import torch
 from ..console import progress, warn
 from ..errors import UsageError
 from .cache import Cache
+from .memory import peak_report, reset_peak
 from .clado import clado_fast, clado_reference, make_runner, measurement_count
 
 METHODS = ("clado", "mpqco", "hawq")
@@ -117,6 +118,7 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
     skipped: List[int] = []
     deferred: List[int] = []
     t0 = time.time()
+    reset_peak(session.device)
     with progress() as bar:
         overall = bar.add_task(f"{method} batches {sb}..{eb}", total=len(ks))
         inner = bar.add_task("batch", total=per_batch, visible=False)
@@ -167,6 +169,7 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
         "batches": ks, "computed": computed, "skipped": skipped,
         "files": [str(cache.batch_path(method, k)) for k in ks],
         "seconds": round(seconds, 3), "negative_singles": negative,
+        "memory": peak_report(session.device),
     }
 
 

@@ -32,3 +32,24 @@ def tensor_peak(fn: Callable[[], Any], device: str = "cpu") -> Tuple[Any, int]:
         cur += e.nbytes()
         peak = max(peak, cur)
     return out, peak
+
+
+def reset_peak(device) -> None:
+    """Start a new peak for `peak_report` (CUDA only: the process's resident peak cannot be
+    reset)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_report(device) -> dict:
+    """What this process has held at its peak, for the prep summary: on CUDA the allocator's
+    peak since `reset_peak` (`torch.cuda.max_memory_allocated`); always the process's resident
+    high-water mark (`ru_maxrss`: everything, the interpreter and libraries included)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"process_peak_rss_bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+    if torch.device(device).type == "cuda":
+        out["cuda_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out

@@ -147,6 +147,8 @@ def test_prep_stack_changes_memory_not_numbers(cfg_file, tmp_path):
         flags = [] if stack is None else ["--stack", stack]
         summary = json.loads(invoke("prep", "clado", "-c", cfg_file, "--eb", "0", "--cache-dir", d, *flags,
                                     "--json", "-q").stdout)
+        # the run reports the memory it held (the process's peak; on CUDA also the allocator's)
+        assert summary["memory"]["process_peak_rss_bytes"] > 50 * 2**20
         if stack is None:
             assert summary["stack"][0] < summary["stack"][-1] <= 9
         else:
