@@ -244,7 +244,7 @@ def bench_clado(m, args) -> dict:
     for name in ("reference", "fast"):
         res[name] = {"s_per_batch": round(best[name][1], 3), "cpu_s": round(best[name][2], 3)}
     res["fast"].update({"first_batch_s": round(w1, 3),
-                        "max_batch": runner.stats.get("max_batch") if isinstance(runner, FastRunner) else None,
+                        "max_batch": max(runner.stats["stack_per_layer"]) if isinstance(runner, FastRunner) else None,
                         "stacked_layers": int(sum(bool(v) for v in getattr(runner, "stack_ok", [])))})
     extrapolated = seed["measured"] < count
     res["seed_style"] = {"s_per_batch": round(seed["sec_per_measurement"] * count, 3),

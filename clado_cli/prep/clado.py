@@ -752,7 +752,7 @@ def persistent_bytes(qm: QuantModel) -> int:
 STACK_MEMORY_TARGET = 1.9
 
 
-def auto_max_batch(runner: FastRunner, n_bits: int, layer: Optional[int] = None) -> int:
+def auto_max_batch(runner: FastRunner, n_bits: int, layer: int) -> int:
     """How many perturbations to stack per pass at decided layer `layer` so that the fast
     engine's peak memory stays within 2x of the reference's (aiming at
     T = STACK_MEMORY_TARGET = 1.9x), counted both ways: the total (the QuantModel's persistent
@@ -765,12 +765,12 @@ def auto_max_batch(runner: FastRunner, n_bits: int, layer: Optional[int] = None)
     Fm are measured by `probe`; both models were fitted to measured peaks (docs/performance.md).
         total:      S + (1 + 1.5·M·Fm/F)·F ≤ T·(S + 2F)  ⇔  M ≤ ((T−1)·S/F + 2T − 1)·F / (1.5·Fm)
         transient:      (1 + 1.5·M·Fm/F)·F ≤ T·2F        ⇔  M ≤ (2T − 1)·F / (1.5·Fm)
-    Capped at B² (every width of a layer on every width of the branch). `layer` None: a pass
-    over the whole model (Fm = F). `--stack N` (prep.stack) sets one M for every layer
-    instead: more is faster on small inputs and needs more memory."""
+    Capped at B² (every width of a layer on every width of the branch). `--stack N`
+    (prep.stack) sets one M for every layer instead: more is faster on small inputs and needs
+    more memory."""
     T = STACK_MEMORY_TARGET
     F = max(1, runner.forward_live_bytes)
-    Fm = F if layer is None else max(1, min(F, runner.tail_live_bytes[layer]))
+    Fm = max(1, min(F, runner.tail_live_bytes[layer]))
     total = ((T - 1) * runner.persistent / F + 2 * T - 1) * F / (1.5 * Fm)
     transient = (2 * T - 1) * F / (1.5 * Fm)
     return max(1, min(n_bits * n_bits, int(total), int(transient)))
@@ -815,7 +815,6 @@ def _clado_stacked(qm: QuantModel, runner: FastRunner, x, y, loss_kind, tick, ma
         Ms = [auto_max_batch(runner, B, m) for m in range(L)]
     else:
         Ms = [max(1, int(M))] * L
-    runner.stats["max_batch"] = max(Ms)
     runner.stats["stack_per_layer"] = Ms
     trunk = _Env(runner, x)
     stats = runner.stats

@@ -9,7 +9,7 @@ from typing import Any, Callable, Tuple
 import torch
 
 
-def tensor_peak(fn: Callable[[], Any], device: str = "cpu") -> Tuple[Any, int]:
+def tensor_peak(fn: Callable[[], Any], device="cpu") -> Tuple[Any, int]:
     """(fn's result, peak bytes). On CUDA, the allocator's own peak
     (`torch.cuda.max_memory_allocated` beyond what was allocated before). On the CPU, counted
     exactly from the allocation and free events of torch's profiler (`profile_memory=True`):
@@ -17,7 +17,7 @@ def tensor_peak(fn: Callable[[], Any], device: str = "cpu") -> Tuple[Any, int]:
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
-    if str(device).startswith("cuda"):
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()

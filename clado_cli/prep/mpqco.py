@@ -148,11 +148,6 @@ def _mpqco_vmap(model, names, deltas, x, y, max_chunk_bytes) -> np.ndarray:
     return s
 
 
-def mpqco_linear_applies(model: torch.nn.Module, qm: QuantModel) -> bool:
-    """Whether every decided layer is linear in its weight (`method="auto"` then picks "linear")."""
-    return all(_is_linear_in_weight(model.get_submodule(q.name)) for q in qm.decided)
-
-
 def mpqco_fast(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch.Tensor,
                tick: Optional[Callable[[int], None]] = None, max_chunk_bytes: float = 1e9,
                method: str = "auto", deltas: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, np.ndarray]:
@@ -160,7 +155,7 @@ def mpqco_fast(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch
     recomputing the ΔW each call (at the cost of holding B copies of the decided weights)."""
     names = [q.name for q in qm.decided]
     if method == "auto":
-        method = "linear" if mpqco_linear_applies(model, qm) else "vmap"
+        method = "linear" if all(_is_linear_in_weight(model.get_submodule(n)) for n in names) else "vmap"
     if method == "linear":
         s = _mpqco_linear(model, qm, x, y, deltas)
     elif method == "vmap":
