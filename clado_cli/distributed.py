@@ -60,7 +60,7 @@ def distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = False) ->
 
     from .console import set_quiet
     from .prep import compute_batch_part, finish_part, method_params, run_prep
-    from .prep.memory import peak_report
+    from .prep.memory import peak_report, reset_peak
     from .session import Session
 
     rank, size, local = world()
@@ -93,6 +93,7 @@ def distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = False) ->
         # every rank reads the same list: nothing is written before the barrier
         todo = [k for k in range(sb, eb + 1) if force or not s.cache.has_batch(method, k)]
         dist.barrier()
+        reset_peak(comm_device)   # the CUDA peak of the prep work, as run_prep reports it
         if len(todo) >= size:
             run_prep(s, method, sb, eb, force=force, only=todo[rank::size])
         else:
