@@ -53,6 +53,9 @@ class Session:
             model = self._build_float(splits).to(self.device)
             splits.train = pseudo_label(splits.train, model, self.device, d.bs, d.workers)
             splits.eval = pseudo_label(splits.eval, model, self.device, d.bs, d.workers)
+            # the model that labelled the data is the float model: keep it (cached_property's
+            # slot) instead of building and loading it a second time
+            self.__dict__["float_model"] = model.eval()
         return splits
 
     def _build_float(self, splits):

@@ -334,6 +334,28 @@ def test_pseudo_label_is_model_argmax(tmp_path):
     assert y.tolist() == expected
 
 
+def test_session_pseudo_labels_with_the_float_model_it_then_uses(tmp_path, monkeypatch):
+    """An unlabeled folder: the session labels it with the float model and keeps that model
+    (built once), so the labels are the argmax of the very model that prep measures."""
+    import clado_cli.session as session_mod
+    from clado_cli.config import load_config
+
+    _unlabeled_tree(tmp_path / "imgs")
+    cfg = load_config(None, {"model.name": "resnet18", "model.weights": "none", "model.num_classes": 4,
+                             "data.dataset": f"images:{tmp_path / 'imgs'}", "data.image_size": 32,
+                             "data.bs": 2, "cache_dir": str(tmp_path / "cache"), "device": "cpu"})
+    s = session_mod.Session(cfg, log_fn=lambda *_: None)
+    builds = []
+    real = session_mod.Session._build_float
+    monkeypatch.setattr(session_mod.Session, "_build_float", lambda self, sp: builds.append(1) or real(self, sp))
+    labels = [s.data.train[i][1] for i in range(len(s.data.train))]
+    model = s.float_model
+    assert len(builds) == 1 and not model.training
+    x = torch.stack([s.data.train[i][0] for i in range(len(s.data.train))])
+    with torch.no_grad():
+        assert model(x).argmax(1).tolist() == labels
+
+
 def test_pseudo_label_in_memory(digits):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     labeled = pseudo_label(digits.eval, model, torch.device("cpu"), bs=100)
