@@ -32,12 +32,13 @@ def fixed_bytes_of(manifest: Dict[str, Any]) -> float:
 class Sensitivities:
     """One method's combined numbers over a set of cached batches."""
 
-    def __init__(self, cache: Cache, method: str, ks: Optional[Sequence[int]] = None):
+    def __init__(self, cache: Cache, method: str, ks: Optional[Sequence[int]] = None, combined=None):
+        """`combined`: `cache.combine(SOURCE[method], ks)` when the caller has it already."""
         from .prep.hawq import hawq_sensitivity
 
         self.method = method
         self.space = space_of(cache.manifest)
-        vals, self.samples, self.batches = cache.combine(SOURCE[method], ks)
+        vals, self.samples, self.batches = combined or cache.combine(SOURCE[method], ks)
         P = self.space.n_options
         if method in ("clado", "naive"):
             Lt = vals["Ltilde"]
@@ -110,7 +111,8 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
 def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd: str = "clip",
            solver: str = "auto", time_limit: float = 120.0, ks: Optional[Sequence[int]] = None,
            config: Optional[Dict[str, Any]] = None, on_result=None) -> List[Dict[str, Any]]:
-    """Every (method, budget) decision; sensitivities are loaded once per method."""
+    """Every (method, budget) decision; each cached method's batches are read once (clado and
+    naive share them)."""
     for method in methods:
         if method not in METHODS:
             raise UsageError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
@@ -118,8 +120,12 @@ def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd:
     for b in budgets:
         check_budget(space, b.bytes)
     out = []
+    loaded: Dict[str, Any] = {}
     for method in methods:
-        sens = Sensitivities(cache, method, ks)
+        src = SOURCE[method]
+        if src not in loaded:
+            loaded[src] = cache.combine(src, ks)
+        sens = Sensitivities(cache, method, ks, combined=loaded[src])
         for budget in budgets:
             res, predicted = solve(sens, budget, psd, solver, time_limit)
             d = make_decision(cache, sens, budget, res, predicted, psd, config or {})
