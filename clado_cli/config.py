@@ -6,15 +6,15 @@ a flag left unset (None) never overrides the file.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, InputError
+from .batchrange import check_batch_range
+from .errors import ConfigError, InputError, UsageError
+from .methods.base import method_names  # (importing it runs methods/__init__, which registers every method)
 
 OBSERVERS = ["MSEObserver", "EMAMSEObserver", "MinMaxObserver", "EMAMinMaxObserver",
              "EMAQuantileObserver", "ClipStdObserver", "KLDObserver"]
@@ -35,7 +35,7 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    # digits | idx:PATH | imagefolder:PATH | images:PATH
+    # digits | idx:PATH | imagefolder:PATH | images:PATH | synthetic:CxHxW[:classes]
     dataset: str = "digits"
     bs: int = Field(default=64, gt=0)
     sb: int = Field(default=0, ge=0)
@@ -52,8 +52,10 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _order(self):
-        if self.sb > self.eb:
-            raise ValueError(f"sb ({self.sb}) must not exceed eb ({self.eb})")
+        try:
+            check_batch_range(self.sb, self.eb)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 
@@ -128,8 +130,17 @@ class OptimizeConfig(_Section):
     time_limit: float = Field(default=120.0, gt=0)
     # budgets for `clado run`: sizes with units (4MB, 800KB) or average bits (avg:4.5)
     budgets: List[str] = Field(default_factory=list)
-    methods: List[Literal["clado", "mpqco", "hawq", "naive"]] = Field(
-        default_factory=lambda: ["clado", "mpqco", "hawq", "naive"])
+    # any registered method (clado_cli.methods); default: all of them
+    methods: List[str] = Field(default_factory=lambda: method_names())
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: List[str]) -> List[str]:
+        known = method_names()
+        for m in v:
+            if m not in known:
+                raise ValueError(f"unknown method {m!r}; one of {', '.join(known)}")
+        return v
 
 
 class Config(_Section):
@@ -147,11 +158,6 @@ class Config(_Section):
 
     def to_dict(self) -> Dict[str, Any]:
         return self.model_dump(mode="json", exclude={"source"})
-
-    def digest(self, *sections: str) -> str:
-        d = self.to_dict()
-        picked = {k: d[k] for k in sections} if sections else d
-        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _format_validation_error(err: ValidationError, where: str, flags: Optional[Mapping[str, str]] = None) -> str:

@@ -12,7 +12,7 @@ Every rank uses its own device (`cuda:LOCAL_RANK` with NCCL, or the CPU with glo
 calibrates the quantizers and caches them; the others load that calibration, so all ranks
 quantize identically. Progress is shown by rank 0 only.
 
-`--shard K/N` (see prep.run_prep) is the same split of whole batches without torch.distributed,
+`--shard K/N` (see prep.run.PrepRun) is the same split of whole batches without torch.distributed,
 for job arrays; `clado cache merge` then joins the shards.
 """
 from __future__ import annotations
@@ -31,6 +31,8 @@ def world() -> tuple:
 
 def maybe_distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = False, dry_run: bool = False,
                            shard=None) -> Optional[Dict[str, Any]]:
+    """`clado prep`: under torchrun the ranks split the work, else one local PrepRun. Returns
+    the summary (None on ranks other than 0)."""
     from .prep import run_prep
     from .session import Session
 
@@ -40,7 +42,8 @@ def maybe_distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = Fal
     if shard is not None:
         from .errors import UsageError
 
-        raise UsageError("--shard splits work without torch.distributed; under torchrun the ranks split it already")
+        raise UsageError("shard splits work without torch.distributed; under torchrun the ranks split it already",
+                         params=("shard",))
     return distributed_prep(cfg, method, sb, eb, force=force)
 
 
@@ -56,19 +59,16 @@ def _reduce_sum(values: Dict[str, np.ndarray], device) -> Dict[str, np.ndarray]:
 
 
 def distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = False) -> Optional[Dict[str, Any]]:
+    """The process-group plumbing around one PrepRun per rank."""
     import torch.distributed as dist
 
     from .console import set_quiet
-    from .prep import compute_batch_part, finish_part, method_params, run_prep
-    from .prep.memory import peak_report, reset_peak
-    from .session import Session
+    from .prep import PrepRun
+    from .session import Session, resolve_device
 
     rank, size, local = world()
+    resolve_device(cfg.device)  # a missing GPU is one clear error on every rank
     use_cuda = cfg.device in ("cuda", "auto") and torch.cuda.is_available()
-    if cfg.device == "cuda" and not use_cuda:
-        from .errors import EnvironmentProblem
-
-        raise EnvironmentProblem("--device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False)")
     if use_cuda:
         torch.cuda.set_device(local)
     comm_device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
@@ -79,40 +79,33 @@ def distributed_prep(cfg, method: str, sb: int, eb: int, force: bool = False) ->
     # once torch.distributed is initialized (mqbench.utils.sync_tensor), which would deadlock a
     # calibration that runs on one rank. The cache's calibration lock makes one process
     # calibrate; the others wait and load its result.
-    s = Session(cfg)
-    s.device = comm_device
-    s.check_batch_range(sb, eb)
-    s.cache.ensure()
+    run = PrepRun(Session(cfg, device=comm_device), method, sb, eb, force=force)
+    run.cache.ensure()
     if force and rank == 0:
-        s.cache.forget_params(method)
-    s.qmodel  # noqa: B018
+        run.cache.forget_params(run.kind)
+    run.session.qmodel  # noqa: B018
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
         if rank == 0:
-            s.cache.check_params(method, method_params(s, method))
+            run.cache.check_params(run.kind, run.method.cache_params(cfg))
         # every rank reads the same list: nothing is written before the barrier
-        todo = [k for k in range(sb, eb + 1) if force or not s.cache.has_batch(method, k)]
+        todo = run.todo()
         dist.barrier()
-        reset_peak(comm_device)   # the CUDA peak of the prep work, as run_prep reports it
+        run.setup(params=False)
         if len(todo) >= size:
-            run_prep(s, method, sb, eb, force=force, only=todo[rank::size])
+            summary = run.run(only=todo[rank::size])
         else:
-            for k in todo:
-                tb = time.time()
-                values = _reduce_sum(compute_batch_part(s, method, k, rank, size), comm_device)
-                if rank == 0:
-                    values = finish_part(s, method, values)
-                    s.cache.write_batch(method, k, values, n=s.cfg.data.bs,
-                                        meta={"engine": f"distributed x{size}", "seconds": round(time.time() - tb, 3)})
+            summary = run.run_split(todo, rank, size, reduce=lambda v: _reduce_sum(v, comm_device), write=rank == 0)
         dist.barrier()
         if rank != 0:
             return None
-        ks = list(range(sb, eb + 1))
-        return {"method": method, "fingerprint": s.fingerprint, "cache": str(s.cache.root), "engine": None,
-                "batches": ks, "computed": todo, "skipped": [k for k in ks if k not in todo],
-                "files": [str(s.cache.batch_path(method, k)) for k in ks], "ranks": size,
-                "split": "batches" if len(todo) >= size else "within-batch",
-                "seconds": round(time.time() - t0, 3), "negative_singles": None, "stack": None,
-                "memory": peak_report(comm_device)}   # rank 0's
+        summary.computed, summary.skipped = todo, [k for k in run.ks if k not in todo]
+        summary.files = [str(run.cache.batch_path(run.kind, k)) for k in run.ks]
+        summary.batches = list(run.ks)
+        summary.ranks, summary.split = size, "batches" if len(todo) >= size else "within-batch"
+        summary.seconds = round(time.time() - t0, 3)
+        if summary.split == "batches":
+            summary.engine, summary.negative_singles, summary.stack = None, None, None
+        return summary.to_dict()   # memory: rank 0's
     finally:
         dist.destroy_process_group()

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 
 class CladoError(Exception):
-    """Base for every error clado reports to a user. The message is one line."""
+    """Base for every error clado reports to a user. The message is one line.
+
+    `params`: the library parameters the message names (e.g. "sb"); the command line shows
+    them as the flags that set them (--sb), so library messages never name flags."""
 
     exit_code = 1
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, params: tuple = ()):
         super().__init__(" ".join(str(message).split()))
+        self.params = tuple(params)
+
+    def for_flags(self, flags: dict) -> str:
+        """The message with each named parameter written as its flag."""
+        import re
+
+        text = str(self)
+        for p in self.params:
+            if p in flags:
+                text = re.sub(rf"(?<![\w.-]){re.escape(p)}(?![\w-])", flags[p], text)
+        return text
 
 
 class UsageError(CladoError):

@@ -1,4 +1,4 @@
-"""Evaluate decisions (SPEC, Evaluate): build the mixed-precision model, run the evaluation
+"""Evaluate decisions (docs/methods.md, "Evaluate"): build the mixed-precision model, run the evaluation
 split, report top-1, top-5, mean loss, sizes and time; uniform baselines and float beside it."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import torch
 import torch.nn.functional as F
 
+from .decisions import sizes_triple
 from .errors import InputError
 
 
@@ -60,7 +61,7 @@ def sizes_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, float]:
     plan, cfg = session.plan, session.cfg
     decided = sum(l.numel * bits_by_layer[l.name] / 8 for l in plan.decided)
     fixed = sum(l.numel * cfg.layers.fixed_weight_bits / 8 for l in plan.fixed)
-    return {"decided_bytes": decided, "fixed_bytes": fixed, "total_bytes": decided + fixed}
+    return sizes_triple(decided, fixed)
 
 
 def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision") -> Dict[str, Any]:
@@ -87,13 +88,13 @@ def evaluate_uniform(session, widths: Iterable[int], include_float: bool = True)
     if include_float:
         qm.reset()
         m = evaluate_current(session)
-        full = sum(l.numel * 32 / 8 for l in session.plan.decided + session.plan.fixed)
         rows.append({"kind": "float", "label": "float", **m,
-                     "sizes": {"decided_bytes": sum(l.numel * 4 for l in session.plan.decided),
-                               "fixed_bytes": sum(l.numel * 4 for l in session.plan.fixed), "total_bytes": full}})
+                     "sizes": sizes_triple(sum(l.numel * 4 for l in session.plan.decided),
+                                           sum(l.numel * 4 for l in session.plan.fixed))})
     for b in widths:
         if b not in session.cfg.quant.weight_candidates:
-            raise InputError(f"--uniform {b}: not one of the candidate widths {session.cfg.quant.weight_candidates}")
+            raise InputError(f"uniform {b}: not one of the candidate widths {session.cfg.quant.weight_candidates}",
+                             params=("uniform",))
         qm.set_uniform(b)
         try:
             m = evaluate_current(session)

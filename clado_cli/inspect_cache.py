@@ -6,9 +6,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .decide import Sensitivities, space_of
 from .errors import UsageError
-from .prep.cache import Cache
+from .methods import get_method, load_sensitivities, prep_method_names, space_of
+from .store import Cache
 
 
 def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]] = None) -> Dict[str, Any]:
@@ -16,20 +16,21 @@ def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]
     B = len(space.candidates)
     bits = bits if bits is not None else space.candidates[0]
     if bits not in space.candidates:
-        raise UsageError(f"--bits {bits}: not one of the candidates {space.candidates}")
+        raise UsageError(f"bits {bits}: not one of the candidates {space.candidates}", params=("bits",))
     k = space.candidates.index(bits)
     per_layer: Dict[str, Dict[str, List[float]]] = {}
     out: Dict[str, Any] = {"fingerprint": cache.fingerprint, "layers": space.layer_names,
                            "candidates": space.candidates, "methods": {}}
-    for method in ("clado", "mpqco", "hawq"):
-        if not cache.batches(method):
+    for method in prep_method_names():
+        m = get_method(method)
+        if not cache.batches(m.stored):
             continue
-        sens = Sensitivities(cache, method, ks)
+        sens = load_sensitivities(cache, m, ks)
         out["methods"][method] = {"batches": list(sens.batches), "samples": sens.samples,
                                   "per_layer": sens.singles.reshape(-1, B).tolist()}
-        if method == "hawq":
+        if getattr(sens, "traces", None) is not None:
             out["methods"][method]["traces"] = sens.traces.tolist()
-        if method == "clado":
+        if getattr(sens, "G", None) is not None:
             idx = np.arange(space.n_layers) * B + k
             inter = sens.G[np.ix_(idx, idx)].copy()
             np.fill_diagonal(inter, 0.0)
@@ -38,3 +39,37 @@ def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]
     if not out["methods"]:
         raise UsageError(f"cache {cache.fingerprint} holds no sensitivities yet (run clado prep)")
     return out
+
+
+def write_csv(rep: Dict[str, Any], path) -> None:
+    """The per-layer sensitivities of `inspect`'s report as CSV: method,layer,<b>bit..."""
+    from pathlib import Path
+
+    from .store import atomic_write
+
+    lines = ["method,layer," + ",".join(f"{b}bit" for b in rep["candidates"])]
+    for m, info in rep["methods"].items():
+        for name, vals in zip(rep["layers"], info["per_layer"]):
+            lines.append(f"{m},{name}," + ",".join(f"{v:.9g}" for v in vals))
+    atomic_write(Path(path), ("\n".join(lines) + "\n").encode())
+
+
+def cache_listing(cache_dir) -> List[Dict[str, Any]]:
+    """`clado cache ls`: every cache under cache_dir with its model, data and, per method, the
+    cached batches, samples and bytes."""
+    from .methods import get_method, prep_method_names
+    from .store import list_caches
+
+    rows = []
+    for c in list_caches(cache_dir):
+        m = c.manifest
+        entry = {"fingerprint": c.fingerprint, "path": str(c.root),
+                 "model": m.get("model", {}).get("name"), "data": m.get("data", {}).get("dataset"),
+                 "bs": m.get("data", {}).get("bs"), "methods": {}}
+        for method in prep_method_names():
+            infos = c.batch_infos(get_method(method).stored)
+            if infos:
+                entry["methods"][method] = {"batches": [i.k for i in infos], "samples": sum(i.n for i in infos),
+                                            "bytes": sum(i.bytes for i in infos)}
+        rows.append(entry)
+    return rows

@@ -6,9 +6,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .store.files import atomic_write
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=_default) + "\n"
+
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+    sys.stdout.write(dumps(obj))
     sys.stdout.flush()
 
 
@@ -27,6 +33,4 @@ def _default(o):
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from .prep.cache import atomic_write
-
-    atomic_write(Path(path), (json.dumps(obj, indent=2, default=_default) + "\n").encode())
+    atomic_write(Path(path), dumps(obj).encode())

@@ -9,27 +9,35 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .console import log
 from .errors import UsageError
-from .optimize import resolve_budget_spec
+from .optimize import OptionSpace, check_budget, resolve_budget_spec
 
 
 def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None,
                  methods: Optional[Sequence[str]] = None, uniform: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-    from .jsonio import write_json
-    from .decide import SOURCE, decide
+    from .decide import decide
+    from .decisions import decision_file_name, write_decisions
     from .evaluate import evaluate_decision, evaluate_uniform
+    from .jsonio import write_json
+    from .methods import get_method
     from .plots import pareto_plot
     from .prep import run_prep
 
     cfg = session.cfg
     t0 = time.time()
     methods = list(methods or cfg.optimize.methods)
+    for m in methods:
+        get_method(m)  # an unknown name is a usage error before any work
     budget_specs = list(budgets or cfg.optimize.budgets)
     if not budget_specs:
-        raise UsageError("no budgets: set optimize.budgets in the config or pass --budgets")
+        raise UsageError("no budgets: set optimize.budgets in the config or pass budgets", params=("budgets",))
     numel = sum(l.numel for l in session.plan.decided)
     resolved = [resolve_budget_spec(b, numel) for b in budget_specs]
+    space = OptionSpace(layer_names=session.plan.decided_names, candidates=list(cfg.quant.weight_candidates),
+                        numel=[l.numel for l in session.plan.decided])
+    for b in resolved:
+        check_budget(space, b.bytes)  # an infeasible budget fails before any prep
     preps = {}
-    for source in dict.fromkeys(SOURCE[m] for m in methods):
+    for source in dict.fromkeys(get_method(m).source for m in methods):
         log(f"prep {source}: batches {cfg.data.sb}..{cfg.data.eb}")
         preps[source] = run_prep(session, source, cfg.data.sb, cfg.data.eb)
     ks = list(range(cfg.data.sb, cfg.data.eb + 1))
@@ -40,10 +48,9 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     rows: List[Dict[str, Any]] = []
     log("evaluate float and uniform baselines")
     rows += evaluate_uniform(session, uniform if uniform is not None else cfg.quant.weight_candidates)
+    write_decisions(out_dir / "decisions", decisions, session.fingerprint)
     for d in decisions:
-        name = f"decision-{d['method']}-{d['budget']['given'].replace(':', '')}.json"
-        write_json(out_dir / "decisions" / name, d)
-        rows.append(evaluate_decision(session, d, where=name))
+        rows.append(evaluate_decision(session, d, where=decision_file_name(d)))
     plot = pareto_plot(rows, out_dir / "pareto.png",
                        f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs size ({len(ks)} sensitivity batch(es))")
     results = {"clado_version": __version__, "fingerprint": session.fingerprint, "config": cfg.to_dict(),

@@ -21,10 +21,12 @@ def pareto_plot(rows: List[Dict[str, Any]], path: Path, title: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     methods = sorted({r["method"] for r in rows if r["kind"] == "decision"})
-    markers = {"clado": "o", "mpqco": "s", "hawq": "^", "naive": "v"}
+    from .methods import METHODS
+
     for m in methods:
         pts = sorted((r["sizes"]["total_bytes"], r["top1"]) for r in rows if r["kind"] == "decision" and r["method"] == m)
-        ax.plot([p[0] / 1e3 for p in pts], [100 * p[1] for p in pts], marker=markers.get(m, "o"), label=m)
+        marker = METHODS.get(m).marker if m in METHODS else "o"
+        ax.plot([p[0] / 1e3 for p in pts], [100 * p[1] for p in pts], marker=marker, label=m)
     uni = [r for r in rows if r["kind"] == "uniform"]
     if uni:
         ax.scatter([r["sizes"]["total_bytes"] / 1e3 for r in uni], [100 * r["top1"] for r in uni], marker="x",
@@ -41,8 +43,7 @@ def pareto_plot(rows: List[Dict[str, Any]], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -60,7 +61,17 @@ def heatmap_plot(matrix: np.ndarray, names: List[str], path: Path, title: str) -
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: Path) -> None:
+    """Render to memory, then write atomically: a failed write never leaves half a PNG."""
+    import io
+
+    from .store import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(Path(path), buf.getvalue())

@@ -33,8 +33,14 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._table
 
-    def names(self, pattern: str = "*") -> List[str]:
-        return sorted(n for n in self._table if fnmatch.fnmatch(n, pattern))
+    def names(self, pattern: str = "*", ordered: bool = False) -> List[str]:
+        """Registered names matching `pattern`: sorted, or in registration order."""
+        found = [n for n in self._table if fnmatch.fnmatch(n, pattern)]
+        return found if ordered else sorted(found)
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (for tests and plugins that register temporarily)."""
+        self._table.pop(name, None)
 
 
 def unknown_name_message(kind: str, name: str, known: List[str]) -> str:

@@ -2,8 +2,6 @@
 and the manifest whose hash (the fingerprint) names the cache directory."""
 from __future__ import annotations
 
-import hashlib
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -12,8 +10,10 @@ import torch
 
 from . import __version__
 from .config import Config
+from .batchrange import check_batch_range
 from .console import log
 from .errors import EnvironmentProblem, UsageError
+from .store import Cache, fingerprint_of
 
 CACHE_FORMAT = 1
 
@@ -22,23 +22,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise EnvironmentProblem("--device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False)")
+        raise EnvironmentProblem("device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False)",
+                                 params=("device",))
     return torch.device(name)
 
 
-def fingerprint_of(manifest: Dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
-
-
 class Session:
-    """Lazily builds what a command needs, in the order data -> model -> plan -> quantizers."""
+    """Lazily builds what a command needs, in the order data -> model -> plan -> quantizers.
 
-    def __init__(self, cfg: Config, log_fn=log):
+    `device`: a specific device (a torchrun rank's `cuda:LOCAL_RANK`) instead of the config's."""
+
+    def __init__(self, cfg: Config, log_fn=log, device: Optional[torch.device] = None):
         self.cfg = cfg
         self.log = log_fn
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        self.device = device if device is not None else resolve_device(cfg.device)
 
     @cached_property
     def data(self):
@@ -93,7 +92,7 @@ class Session:
 
     @cached_property
     def manifest(self) -> Dict[str, Any]:
-        """Everything the cached numbers depend on (SPEC, issue 3)."""
+        """Everything the cached numbers depend on; its hash names the cache directory."""
         c = self.cfg
         return {
             "format": CACHE_FORMAT,
@@ -117,9 +116,7 @@ class Session:
         return fingerprint_of(self.manifest)
 
     @cached_property
-    def cache(self):
-        from .prep.cache import Cache
-
+    def cache(self) -> Cache:
         return Cache.open(Path(self.cfg.cache_dir), self.manifest)
 
     @cached_property
@@ -156,9 +153,5 @@ class Session:
     def check_batch_range(self, sb: int, eb: int) -> None:
         from .data import num_batches
 
-        n = num_batches(self.data.train, self.cfg.data.bs)
-        if sb > eb:
-            raise UsageError(f"--sb ({sb}) must not exceed --eb ({eb})")
-        if eb >= n:
-            raise UsageError(f"--eb {eb} is beyond the data: the training split has {len(self.data.train)} "
-                             f"images, {n} full batches of {self.cfg.data.bs} (batches 0..{n - 1})")
+        check_batch_range(sb, eb, num_batches(self.data.train, self.cfg.data.bs), len(self.data.train),
+                          self.cfg.data.bs)

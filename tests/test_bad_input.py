@@ -184,7 +184,7 @@ def _edit_json(p: Path, edit: Callable[[dict], None]) -> None:
 
 def _other_fingerprint_cache(ctx: Ctx) -> Path:
     """A copy of the cache whose manifest differs (another loss), under its own fingerprint."""
-    from clado_cli.session import fingerprint_of
+    from clado_cli.store import fingerprint_of
 
     src = ctx.cache
     tmp = ctx.tmp / "other-cache" / "tmp"
@@ -356,9 +356,9 @@ CASES = [
     Case("cache-verify-fails", lambda x: (_flip_byte(_batch(x)), ["cache", "verify", "--cache-dir", x.cache_dir])[1],
          INPUT, r"1 cache file\(s\) failed verification: .*fails its checksum"),
     Case("cache-batches-not-cached", _opt("--avg-bits", "4", "--sb", "3", "--eb", "4"), INPUT,
-         r"Ltilde batches 3\.\.4 are not cached"),
+         r"batches 3\.\.4 of the CLADO sensitivities are not cached"),
     Case("cache-method-not-prepped", lambda x: ["optimize", *x.c(), "-m", "hawq", "--avg-bits", "4"], INPUT,
-         r"no HAWQ_DELTAL batches cached .*run clado prep hawq"),
+         r"no HAWQ-V3 traces are cached .*run clado prep hawq"),
     # --- decisions: input errors (3) ---
     Case("decision-missing", lambda x: ["evaluate", x.tmp / "nope.json", "-q"], INPUT, r"decision file not found"),
     Case("decision-not-json", lambda x: ["evaluate", x.write("d.json", "{\"schema\": "), "-q"], INPUT,
@@ -464,7 +464,7 @@ def test_time_limit_with_an_incumbent_is_flagged_not_an_error(ctx: Ctx, monkeypa
                "--out-dir", ctx.tmp / "decisions")
     assert r.exit_code == 0, r.output
     assert "NO (time_limit)" in r.stdout
-    for name in ("clado-avg4.json", "mpqco-avg4.json"):
+    for name in ("decision-clado-avg4.json", "decision-mpqco-avg4.json"):
         d = json.loads((ctx.tmp / "decisions" / name).read_text())
         assert d["solver"]["status"] == "time_limit" and d["solver"]["optimal"] is False
         assert any("not proven optimal" in w for w in d["warnings"])
@@ -498,11 +498,11 @@ def test_error_line_is_literal_and_unwrapped(ctx: Ctx, monkeypatch):
 
 def test_unexpected_exception_is_one_line(ctx: Ctx, monkeypatch):
     """A bug (an exception clado did not anticipate) still ends in one line and exit 1."""
-    import clado_cli.prep as prep
+    from clado_cli.prep import PrepRun
 
     def boom(*a, **k):
         raise RuntimeError("something broke\nsecond line [/oops]")
 
-    monkeypatch.setattr(prep, "run_prep", boom)
+    monkeypatch.setattr(PrepRun, "run", boom)
     r = invoke("prep", "clado", *ctx.c())
     check_error(r, 1, r"RuntimeError: something broke \(set CLADO_DEBUG=1 for the traceback\)$")

@@ -2,7 +2,7 @@
 from clado_cli.decide import decide
 from clado_cli.optimize import resolve_budget
 from clado_cli.prep import run_prep
-from clado_cli.prep.cache import Cache
+from clado_cli.store.cache import Cache
 
 
 def test_clado_and_naive_read_the_cached_batches_once_and_match_separate_runs(small_cfg, monkeypatch):
@@ -16,7 +16,7 @@ def test_clado_and_naive_read_the_cached_batches_once_and_match_separate_runs(sm
 
     reads = []
     real = Cache.read_batch
-    monkeypatch.setattr(Cache, "read_batch", lambda self, method, k: reads.append((method, k)) or real(self, method, k))
+    monkeypatch.setattr(Cache, "read_batch", lambda self, kind, k: reads.append((kind.name, k)) or real(self, kind, k))
     together = decide(s.cache, ["clado", "naive"], budgets, psd="shift")
     assert sorted(reads) == [("clado", 0), ("clado", 1)]            # once, not once per method
     assert [d["method"] for d in together] == ["clado", "clado", "naive", "naive"]

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from clado_cli.cli import app
-from clado_cli.prep.cache import Cache, list_caches
+from clado_cli.store.cache import Cache, list_caches
+from clado_cli.methods import kind_of
 
 runner = CliRunner()
 
@@ -34,10 +35,10 @@ def _only_cache(root) -> Cache:
 
 def _assert_same(a: Cache, b: Cache, method: str, ks):
     assert a.fingerprint == b.fingerprint
-    assert a.batches(method) == b.batches(method) == list(ks)
+    assert a.batches(kind_of(method)) == b.batches(kind_of(method)) == list(ks)
     for k in ks:
-        va, na = a.read_batch(method, k)
-        vb, nb = b.read_batch(method, k)
+        va, na = a.read_batch(kind_of(method), k)
+        vb, nb = b.read_batch(kind_of(method), k)
         assert na == nb and set(va) == set(vb)
         for name in va:
             assert np.max(np.abs(va[name].astype(float) - vb[name].astype(float))) <= 1e-6, (method, k, name)

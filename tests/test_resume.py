@@ -30,7 +30,8 @@ import torch
 from typer.testing import CliRunner
 
 from clado_cli.cli import app
-from clado_cli.prep.cache import BATCH_RE, Cache
+from clado_cli.store.cache import BATCH_RE, Cache
+from clado_cli.methods import kind_of
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not Path("/proc/self/fd").is_dir(),
                                 reason="needs POSIX signals and /proc (to see which batch lock a process holds)")
@@ -173,7 +174,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(setup, tmp_path):
     kills = []  # (phase, seconds after start, batches complete before the kill)
 
     def complete() -> List[int]:
-        return Cache(root, {}, setup["fp"]).batches("clado")
+        return Cache(root, {}, setup["fp"]).batches(kind_of("clado"))
 
     for round_ in range(4):
         p = _start(setup["cfg"], cache_dir, "-q")
@@ -253,23 +254,23 @@ def test_a_held_batch_is_waited_for_not_recomputed(setup, tmp_path):
     root = cache_dir / setup["fp"]
     cache = Cache.from_dir(root)
     ref = Cache.from_dir(setup["ref"])
-    with cache.claim("clado", 1, wait=False) as held:
+    with cache.claim(kind_of("clado"), 1, wait=False) as held:
         assert held
         p = _start(setup["cfg"], cache_dir, "-q")
         others = [k for k in BATCHES if k != 1]
-        assert _wait_for(lambda: all(cache.has_batch("clado", k) for k in others), p,
+        assert _wait_for(lambda: all(cache.has_batch(kind_of("clado"), k) for k in others), p,
                          what="the batches not held"), p.communicate()
         time.sleep(0.5)
         assert p.poll() is None, "prep did not wait for the held batch"
-        assert not cache.has_batch("clado", 1)
-        arrays, n = ref.read_batch("clado", 1)
-        cache.write_batch("clado", 1, arrays, n, meta={"engine": "written-by-the-holder", "seconds": 0.0})
+        assert not cache.has_batch(kind_of("clado"), 1)
+        arrays, n = ref.read_batch(kind_of("clado"), 1)
+        cache.write_batch(kind_of("clado"), 1, arrays, n, meta={"engine": "written-by-the-holder", "seconds": 0.0})
     summary = _finish(p)
     assert summary["computed"] == others and summary["skipped"] == [1]
-    side = json.loads(cache.batch_path("clado", 1).with_suffix(".json").read_text())
+    side = json.loads(cache.batch_path(kind_of("clado"), 1).with_suffix(".json").read_text())
     assert side["engine"] == "written-by-the-holder"  # taken as done, not recomputed
     assert Cache.from_dir(root).verify() == []
     for k in BATCHES:
-        got, n_got = cache.read_batch("clado", k)
-        want, n_want = ref.read_batch("clado", k)
+        got, n_got = cache.read_batch(kind_of("clado"), k)
+        want, n_want = ref.read_batch(kind_of("clado"), k)
         assert n_got == n_want and all(np.array_equal(got[x], want[x]) for x in want)

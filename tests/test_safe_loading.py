@@ -21,6 +21,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
+from clado_cli.methods import kind_of
 
 PACKAGE = Path(__file__).resolve().parents[1] / "clado_cli"
 
@@ -187,7 +188,7 @@ def test_a_config_with_a_python_tag_is_refused_and_not_run(tmp_path):
 
 
 def _cache(tmp_path):
-    from clado_cli.prep.cache import Cache
+    from clado_cli.store.cache import Cache
 
     c = Cache.open(tmp_path / "cache", {"format": 1, "test": "safe-loading"})
     c.ensure()
@@ -196,20 +197,20 @@ def _cache(tmp_path):
 
 def test_a_cache_file_with_a_pickled_array_is_refused_even_with_a_valid_checksum(tmp_path):
     from clado_cli.errors import CacheError
-    from clado_cli.prep.cache import sha256_bytes
+    from clado_cli.store.cache import sha256_bytes
 
     c = _cache(tmp_path)
-    c.write_batch("clado", 0, {"Ltilde": np.eye(2)}, n=4)
+    c.write_batch(kind_of("clado"), 0, {"Ltilde": np.eye(2)}, n=4)
     marker = tmp_path / "pwned"
     buf = io.BytesIO()
     np.savez(buf, Ltilde=np.array([_Payload(marker)], dtype=object), n=np.asarray(4))
-    p = c.batch_path("clado", 0)
+    p = c.batch_path(kind_of("clado"), 0)
     p.write_bytes(buf.getvalue())
     side = json.loads(p.with_suffix(".json").read_text())
     side["sha256"] = sha256_bytes(buf.getvalue())  # a forged sidecar: the checksum matches
     p.with_suffix(".json").write_text(json.dumps(side))
     with pytest.raises(CacheError, match="not a readable npz"):
-        c.read_batch("clado", 0)
+        c.read_batch(kind_of("clado"), 0)
     assert not marker.exists()
 
 
@@ -223,30 +224,30 @@ def _flip(p: Path) -> None:
 
 def test_every_cache_reader_verifies_checksums(tmp_path):
     from clado_cli.errors import CacheError
-    from clado_cli.prep.cache import Cache
-    from clado_cli.prep.merge import merge_caches
+    from clado_cli.store.cache import Cache
+    from clado_cli.store import merge_caches
 
     c = _cache(tmp_path)
     for k in range(3):
-        c.write_batch("clado", k, {"Ltilde": np.full((3, 3), float(k))}, n=8)
+        c.write_batch(kind_of("clado"), k, {"Ltilde": np.full((3, 3), float(k))}, n=8)
     c.save_quant_state({"w": torch.arange(6.0)})
     assert c.verify() == []
-    _flip(c.batch_path("clado", 1))
+    _flip(c.batch_path(kind_of("clado"), 1))
     _flip(c.root / "quant_state.safetensors")
     readers = {
-        "read_batch": lambda: c.read_batch("clado", 1),
-        "combine (all)": lambda: c.combine("clado"),
-        "combine (range)": lambda: c.combine("clado", [1, 2]),
+        "read_batch": lambda: c.read_batch(kind_of("clado"), 1),
+        "combine (all)": lambda: c.combine(kind_of("clado")),
+        "combine (range)": lambda: c.combine(kind_of("clado"), [1, 2]),
         "load_quant_state": c.load_quant_state,
         "merge": lambda: merge_caches([c.root], tmp_path / "merged"),
-        "from_dir + read": lambda: Cache.from_dir(c.root).read_batch("clado", 1),
+        "from_dir + read": lambda: Cache.from_dir(c.root).read_batch(kind_of("clado"), 1),
     }
     for what, read in readers.items():
         with pytest.raises(CacheError, match="checksum"):
             read()
     assert len(c.verify()) == 2
     # the untouched batches still read (a bad file does not poison the rest)
-    assert c.read_batch("clado", 0)[1] == 8
+    assert c.read_batch(kind_of("clado"), 0)[1] == 8
 
 
 def test_pretrained_weights_in_the_torch_cache_are_checked_against_their_hash(tmp_path, monkeypatch):

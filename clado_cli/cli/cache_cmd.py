@@ -18,20 +18,10 @@ def ls(cache_dir: Path = typer.Option(Path(".clado-cache"), "--cache-dir", help=
 
     Example: clado cache ls --cache-dir .clado-cache --json
     """
-    from ..prep.cache import METHOD_DIRS, _ranges, list_caches
+    from ..inspect_cache import cache_listing
+    from ..store import ranges
 
-    rows = []
-    for c in list_caches(cache_dir):
-        m = c.manifest
-        entry = {"fingerprint": c.fingerprint, "path": str(c.root),
-                 "model": m.get("model", {}).get("name"), "data": m.get("data", {}).get("dataset"),
-                 "bs": m.get("data", {}).get("bs"), "methods": {}}
-        for method in METHOD_DIRS:
-            infos = c.batch_infos(method)
-            if infos:
-                entry["methods"][method] = {"batches": [i.k for i in infos], "samples": sum(i.n for i in infos),
-                                            "bytes": sum(i.bytes for i in infos)}
-        rows.append(entry)
+    rows = cache_listing(cache_dir)
     if as_json:
         print_json(rows)
         return
@@ -46,7 +36,7 @@ def ls(cache_dir: Path = typer.Option(Path(".clado-cache"), "--cache-dir", help=
             t.add_row(r["fingerprint"], str(r["model"]), str(r["data"]), str(r["bs"]), "-", "-", "-", "-")
         for method, info in r["methods"].items():
             t.add_row(r["fingerprint"], str(r["model"]), str(r["data"]), str(r["bs"]), method,
-                      _ranges(info["batches"]), str(info["samples"]), f"{info['bytes']:,}")
+                      ranges(info["batches"]), str(info["samples"]), f"{info['bytes']:,}")
     out.print(t)
 
 
@@ -59,11 +49,12 @@ def verify(cache_dir: Path = typer.Option(Path(".clado-cache"), "--cache-dir", h
     Example: clado cache verify --cache-dir .clado-cache
     """
     from ..errors import CacheError
-    from ..prep.cache import list_caches
+    from ..methods import stored_kinds
+    from ..store import list_caches
 
     report = []
     for c in list_caches(cache_dir):
-        report.append({"fingerprint": c.fingerprint, "problems": c.verify(),
+        report.append({"fingerprint": c.fingerprint, "problems": c.verify(stored_kinds()),
                        "stray_temp_files": [str(p) for p in c.stray_temp_files()]})
     bad = [r for r in report if r["problems"]]
     if as_json:
@@ -88,9 +79,10 @@ def merge(sources: List[Path] = typer.Argument(..., help="Fingerprint directorie
 
     Example: clado cache merge shard0/.clado-cache/3f2a... shard1/.clado-cache/3f2a... --into .clado-cache
     """
-    from ..prep.merge import merge_caches
+    from ..methods import stored_kinds
+    from ..store import merge_caches
 
-    report = merge_caches(sources, into)
+    report = merge_caches(sources, into, stored_kinds())
     if as_json:
         print_json(report)
     else:

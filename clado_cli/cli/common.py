@@ -20,7 +20,12 @@ ThreadsOpt = typer.Option(None, "--threads", help="torch CPU threads.")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Root of the sensitivity caches.")
 ModelOpt = typer.Option(None, "--model", help="Model: torchvision name, embedded, pkg.mod:fn or file.py:fn.")
 WeightsOpt = typer.Option(None, "--weights", help="DEFAULT, none, or a state_dict file.")
-DataOpt = typer.Option(None, "--data", help="Data set: digits, idx:PATH, imagefolder:PATH, images:PATH.")
+
+
+# every data source's spec form; kept equal to clado_cli.data.DATASETS by a test (the data
+# package imports torch, which `clado --help` should not wait for)
+DATA_FORMS = ("digits", "idx:PATH", "imagefolder:PATH", "images:PATH", "synthetic:CxHxW")
+DataOpt = typer.Option(None, "--data", help="Data set: " + ", ".join(DATA_FORMS) + ".")
 BsOpt = typer.Option(None, "--bs", help="Batch size of the sensitivity batches.")
 SeedOpt = typer.Option(None, "--seed", help="Seed of the training-split permutation.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
@@ -47,7 +52,7 @@ def boundary(fn):
         except typer.Exit:
             raise
         except CladoError as exc:
-            error_line(str(exc))
+            error_line(exc.for_flags(PARAM_FLAGS))
             raise typer.Exit(exc.exit_code)
         except KeyboardInterrupt:
             error_line("interrupted")
@@ -67,6 +72,12 @@ def boundary(fn):
 
 # the flag behind each keyword of `load` where it is not simply --keyword-with-dashes
 FLAG_NAMES = {"model": "--model", "weights": "--weights", "data": "--data", "hawq_estimator": "--estimator"}
+
+# library parameters named in error messages (CladoError.params) -> the flag that sets them
+PARAM_FLAGS = {"sb": "--sb", "eb": "--eb", "bits": "--bits", "uniform": "--uniform", "device": "--device",
+               "budgets": "--budgets", "shard": "--shard", "method": "--method", "methods": "--methods",
+               "time_limit": "--time-limit", "size_budget": "--size-budget", "avg_bits": "--avg-bits",
+               "output": "--output", "cache": "--cache"}
 
 
 def load(config: Optional[Path], quiet: bool = False, **flags: Any):
@@ -97,3 +108,20 @@ def session_for(cfg):
     from ..session import Session
 
     return Session(cfg)
+
+
+def method_list(text: Optional[str], flag: str):
+    """`a,b` -> ["a", "b"], each a registered method (an unknown one: a usage error naming the
+    flag and the known methods); None stays None."""
+    if text is None:
+        return None
+    from ..errors import UsageError
+    from ..methods import METHODS, method_names
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for m in names:
+        if m not in METHODS:
+            raise UsageError(f"{flag} {m!r}: one of {', '.join(method_names())}")
+    if not names:
+        raise UsageError(f"{flag}: name at least one method ({', '.join(method_names())})")
+    return names

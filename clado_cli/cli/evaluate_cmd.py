@@ -5,7 +5,6 @@ import typer
 from rich.table import Table
 
 from ..console import out
-from . import app
 from .common import (ConfigOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, boundary, load, print_json, session_for,
                      write_json)
 
@@ -23,7 +22,6 @@ def results_table(rows, title: str) -> Table:
     return t
 
 
-@app.command("evaluate")
 @boundary
 def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON files from clado optimize."),
              config: Optional[Path] = ConfigOpt,
@@ -37,7 +35,7 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
     Example: clado evaluate runs/demo/decisions/decision-clado-avg3.json --uniform 2,4,8
     """
     from ..config import load_config
-    from ..decide import read_decision
+    from ..decisions import config_of_decision, flatten, read_decision
     from ..errors import UsageError
     from ..evaluate import evaluate_decision, evaluate_uniform
 
@@ -47,13 +45,12 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
     docs = [(str(p), read_decision(p)) for p in decisions]
     if config is None and docs:
         # the decision carries its config: evaluate with exactly that set-up (flags still override)
-        flat = _flatten(docs[0][1]["config"])
-        flat.update({"device": device, "threads": threads, "data.eval_size": eval_size})
-        cfg = load_config(None, flat, flags=_FLAGS, where=f"{docs[0][0]}: config")
+        cfg = config_of_decision(docs[0][1], {"device": device, "threads": threads, "data.eval_size": eval_size},
+                                 flags=_FLAGS, where=docs[0][0])
     else:
         cfg = load(config, quiet, device=device, threads=threads)
         if eval_size is not None:
-            cfg = load_config(None, {**_flatten(cfg.to_dict()), "data.eval_size": eval_size}, flags=_FLAGS,
+            cfg = load_config(None, {**flatten(cfg.to_dict()), "data.eval_size": eval_size}, flags=_FLAGS,
                               where=str(config) if config is not None else None)
     from ..console import set_quiet
 
@@ -79,13 +76,3 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
 
 _FLAGS = {"device": "--device", "threads": "--threads", "data.eval_size": "--eval-size"}
 
-
-def _flatten(d, prefix=""):
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flatten(v, key + "."))
-        else:
-            flat[key] = v
-    return flat

@@ -6,12 +6,10 @@ import typer
 from rich.table import Table
 
 from ..console import out
-from . import app
 from .common import (CacheDirOpt, ConfigOpt, DataOpt, JsonOpt, ModelOpt, QuietOpt, WeightsOpt, boundary, load,
-                     print_json)
+                     print_json, session_for)
 
 
-@app.command("inspect")
 @boundary
 def inspect(config: Optional[Path] = ConfigOpt,
             cache: Optional[Path] = typer.Option(None, "--cache", help="A fingerprint directory (default: the config's)."),
@@ -24,12 +22,12 @@ def inspect(config: Optional[Path] = ConfigOpt,
 
     Example: clado inspect --config configs/demo.yaml --heatmap runs/demo/interactions.png --csv sens.csv
     """
-    from ..inspect_cache import inspect as inspect_lib
+    from ..decide import open_cache
+    from ..inspect_cache import inspect as inspect_lib, write_csv
     from ..plots import heatmap_plot
-    from .optimize_cmd import open_cache
 
     cfg = load(config, quiet, model=model, weights=weights, data=data, cache_dir=cache_dir)
-    c = open_cache(cache, cfg)
+    c = open_cache(cache, lambda: session_for(cfg))
     rep = inspect_lib(c, bits)
     if heatmap is not None:
         if "interaction" not in rep:
@@ -40,13 +38,7 @@ def inspect(config: Optional[Path] = ConfigOpt,
                      f"CLADO cross-layer interactions G[(l,{rep['interaction']['bits']}),(m,{rep['interaction']['bits']})]")
         rep["heatmap"] = str(heatmap)
     if csv is not None:
-        lines = ["method,layer," + ",".join(f"{b}bit" for b in rep["candidates"])]
-        for m, info in rep["methods"].items():
-            for name, vals in zip(rep["layers"], info["per_layer"]):
-                lines.append(f"{m},{name}," + ",".join(f"{v:.9g}" for v in vals))
-        from ..prep.cache import atomic_write
-
-        atomic_write(csv, ("\n".join(lines) + "\n").encode())
+        write_csv(rep, csv)
     if as_json:
         print_json(rep)
         return

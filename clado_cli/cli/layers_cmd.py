@@ -5,12 +5,10 @@ import typer
 from rich.table import Table
 
 from ..console import out
-from . import app
 from .common import (BsOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
                      boundary, load, print_json, session_for)
 
 
-@app.command("layers")
 @boundary
 def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
            data: Optional[str] = DataOpt, device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,

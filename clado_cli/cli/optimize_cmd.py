@@ -1,29 +1,21 @@
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from ..console import log, out
-from . import app
 from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
-                     boundary, load, print_json, session_for, write_json)
+                     boundary, load, method_list, print_json, session_for, write_json)
+from ..methods import method_names
 
 
-def open_cache(cache: Optional[Path], cfg):
-    """The cache named by --cache (a fingerprint directory), or the one this config maps to."""
-    from ..prep.cache import Cache
-
-    if cache is not None:
-        return Cache.from_dir(cache)
-    s = session_for(cfg)
-    return Cache.open(Path(cfg.cache_dir), s.manifest)
-
-
-@app.command("optimize")
 @boundary
 def optimize(config: Optional[Path] = ConfigOpt,
-             method: str = typer.Option("all", "--method", "-m", help="clado, mpqco, hawq, naive, all, or a comma list."),
+             method: Optional[str] = typer.Option(
+                 None, "--method", "-m",
+                 help=f"{', '.join(method_names())}, all, or a comma list (default: every method whose "
+                      f"sensitivities are cached)."),
              size_budget: Optional[str] = typer.Option(None, "--size-budget", help="Budget for the decided layers: 4MB, 4MiB, 800KB, bytes."),
              avg_bits: Optional[float] = typer.Option(None, "--avg-bits", help="Budget as average bits per decided weight."),
              budgets: Optional[str] = typer.Option(None, "--budgets", help="Sweep: 2MB:6MB:0.5MB, 2MB,3MB, avg:2:8:1."),
@@ -42,31 +34,20 @@ def optimize(config: Optional[Path] = ConfigOpt,
 
     Example: clado optimize --config configs/demo.yaml --method all --avg-bits 4
     """
-    from ..decide import METHODS, decide, space_of
+    from ..decide import batch_list, decide, methods_to_solve, open_cache, resolve_budgets
+    from ..decisions import write_decisions
     from ..errors import UsageError
-    from ..optimize import format_bytes, parse_budget_list, resolve_budget, resolve_budget_spec
+    from ..methods import space_of
 
     cfg = load(config, quiet, model=model, weights=weights, data=data, device=device, threads=threads,
                cache_dir=cache_dir, psd=psd, solver=solver, time_limit=time_limit)
-    methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
-    for m in methods:
-        if m not in METHODS:
-            raise UsageError(f"--method {m!r}: one of {', '.join(METHODS)} or all")
-    given = sum(x is not None for x in (size_budget, avg_bits, budgets))
-    if given != 1:
-        raise UsageError("give exactly one of --size-budget, --avg-bits or --budgets")
-    c = open_cache(cache, cfg)
-    space = space_of(c.manifest)
-    numel = sum(space.numel)
-    if budgets is not None:
-        resolved = [resolve_budget_spec(s, numel) for s in parse_budget_list(budgets)]
-    else:
-        resolved = [resolve_budget(size_budget, avg_bits, numel)]
-    if (sb is None) != (eb is None):
-        raise UsageError("give both --sb and --eb, or neither (all cached batches)")
-    ks = list(range(sb, eb + 1)) if sb is not None else None
-    if ks is not None and not ks:
-        raise UsageError(f"--sb ({sb}) must not exceed --eb ({eb})")
+    wanted = method_names() if method == "all" else method_list(method, "--method")
+    c = open_cache(cache, lambda: session_for(cfg))
+    resolved = resolve_budgets(space_of(c.manifest), size_budget, avg_bits, budgets)
+    ks = batch_list(sb, eb)
+    methods = methods_to_solve(c, wanted)
+    if wanted is None:
+        log(f"methods with cached sensitivities: {', '.join(methods)}")
     if output is not None and len(methods) * len(resolved) > 1:
         raise UsageError("--output takes one method and one budget; use --out-dir for several")
     for b in resolved:
@@ -81,22 +62,21 @@ def optimize(config: Optional[Path] = ConfigOpt,
     if output is not None:
         write_json(output, decisions[0])
     if out_dir is not None:
-        index = []
-        for d in decisions:
-            name = f"{d['method']}-{d['budget']['given'].replace(':', '')}.json"
-            write_json(out_dir / name, d)
-            index.append({"file": name, "method": d["method"], "budget": d["budget"], "sizes": d["sizes"],
-                          "predicted_loss_increase": d["predicted_loss_increase"], "optimal": d["solver"]["optimal"]})
-        write_json(out_dir / "index.json", {"fingerprint": c.fingerprint, "decisions": index})
+        write_decisions(out_dir, decisions, c.fingerprint)
     if as_json:
         print_json(decisions[0] if len(decisions) == 1 else decisions)
         return
-    t = Table(title=f"decisions ({c.fingerprint})")
+    out.print(decisions_table(decisions, space_of(c.manifest), f"decisions ({c.fingerprint})"))
+
+
+def decisions_table(decisions, space, title: str) -> Table:
+    from ..optimize import format_bytes
+
+    t = Table(title=title)
     t.add_column("layer")
     t.add_column("params", justify="right")
-    cols = [(d["method"], d["budget"]["given"]) for d in decisions]
-    for m, b in cols:
-        t.add_column(f"{m}\n{b}", justify="right")
+    for d in decisions:
+        t.add_column(f"{d['method']}\n{d['budget']['given']}", justify="right")
     for l, name in enumerate(space.layer_names):
         cells = []
         for d in decisions:
@@ -108,4 +88,4 @@ def optimize(config: Optional[Path] = ConfigOpt,
     t.add_row("budget", "", *[format_bytes(d["budget"]["bytes"]) for d in decisions])
     t.add_row("pred. Δloss", "", *[f"{d['predicted_loss_increase']:.4g}" for d in decisions])
     t.add_row("optimal", "", *["yes" if d["solver"]["optimal"] else f"NO ({d['solver']['status']})" for d in decisions])
-    out.print(t)
+    return t

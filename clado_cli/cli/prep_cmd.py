@@ -7,7 +7,9 @@ from ..console import out
 from .common import (BsOpt, CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt,
                      ThreadsOpt, WeightsOpt, boundary, load, print_json, session_for)
 
-app = typer.Typer(help="Compute sensitivities into the cache: clado, mpqco or hawq.\n\n"
+from ..methods import get_method, prep_method_names
+
+app = typer.Typer(help=f"Compute sensitivities into the cache: {', '.join(prep_method_names())}.\n\n"
                        "Example: clado prep clado --sb 0 --eb 15", no_args_is_help=True)
 
 
@@ -37,22 +39,27 @@ def _stack(text: Optional[str]):
         raise UsageError(f"--stack {text!r}: use auto or a positive integer") from None
 
 
-# flags that only some methods read: given to another method they would be ignored silently
-_ONLY_FOR = {"--engine": ("clado", "mpqco"), "--stack": ("clado",), "--estimator": ("hawq",)}
+# the prep settings a method may read (Method.prep_flags) and their flags: given to a method
+# that does not read it, a flag would be ignored silently, so it is refused
+_FLAG_OF = {"engine": "--engine", "stack": "--stack", "estimator": "--estimator"}
+
+
+def _readers(setting: str) -> str:
+    return ", ".join(m for m in prep_method_names() if setting in get_method(m).prep_flags)
 
 
 def _check_applies(method: str, given: dict) -> None:
     from ..errors import UsageError
 
-    for flag, value in given.items():
-        if value is not None and method not in _ONLY_FOR[flag]:
-            users = " and ".join(f"prep {m}" for m in _ONLY_FOR[flag])
-            raise UsageError(f"{flag} does not apply to prep {method} (only to {users})")
+    for setting, value in given.items():
+        if value is not None and setting not in get_method(method).prep_flags:
+            users = " and ".join(f"prep {m}" for m in prep_method_names() if setting in get_method(m).prep_flags)
+            raise UsageError(f"{_FLAG_OF[setting]} does not apply to prep {method} (only to {users})")
 
 
 def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
          cache_dir, loss, as_json, quiet, hawq_estimator=None, stack=None):
-    _check_applies(method, {"--engine": engine, "--stack": stack, "--estimator": hawq_estimator})
+    _check_applies(method, {"engine": engine, "stack": stack, "estimator": hawq_estimator})
     cfg = load(config, quiet, sb=sb, eb=eb, bs=bs, seed=seed, engine=engine, model=model, weights=weights,
                data=data, device=device, threads=threads, cache_dir=cache_dir, loss=loss,
                hawq_estimator=hawq_estimator, stack=_stack(stack))
@@ -84,15 +91,15 @@ def _command(method: str, doc: str):
             bs: Optional[int] = BsOpt, seed: Optional[int] = SeedOpt,
             force: bool = typer.Option(False, "--force", help="Recompute batches already cached."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Print the work and an estimate; compute nothing."),
-            engine: Optional[str] = typer.Option(None, "--engine", help="clado, mpqco: fast or reference (same numbers)."),
+            engine: Optional[str] = typer.Option(None, "--engine", help=f"{_readers('engine')}: fast or reference (same numbers)."),
             shard: Optional[str] = typer.Option(None, "--shard", help="Compute only shard K/N of the batches."),
             model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
             device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
             cache_dir: Optional[str] = CacheDirOpt,
             loss: Optional[str] = typer.Option(None, "--loss", help="ce (labels) or kl (to the float model's output)."),
-            hawq_estimator: Optional[str] = typer.Option(None, "--estimator", help="hawq: per-layer or all-layers."),
+            hawq_estimator: Optional[str] = typer.Option(None, "--estimator", help=f"{_readers('estimator')}: per-layer or all-layers."),
             stack: Optional[str] = typer.Option(
-                None, "--stack", help="clado, fast engine: perturbations per forward pass, auto (per layer, peak "
+                None, "--stack", help=f"{_readers('stack')}, fast engine: perturbations per forward pass, auto (per layer, peak "
                                       "memory within 2x of the reference engine's) or a number (more: faster, more "
                                       "memory)."),
             as_json: bool = JsonOpt, quiet: bool = QuietOpt):
@@ -104,9 +111,11 @@ def _command(method: str, doc: str):
     app.command(method)(boundary(cmd))
 
 
-_command("clado", "CLADO: Ltilde (float loss, every single option, every cross-layer pair) per batch.\n\n"
-         "Example: clado prep clado --config configs/demo.yaml --sb 0 --eb 3")
-_command("mpqco", "MPQCO: per-sample gradients of the true-class logit, sensitivity per option, per batch.\n\n"
-         "Example: clado prep mpqco --config configs/demo.yaml --sb 0 --eb 3")
-_command("hawq", "HAWQ-V3: Hutchinson trace of each decided layer's Hessian block, per batch.\n\n"
-         "Example: clado prep hawq --config configs/demo.yaml --sb 0 --eb 3 --estimator all-layers")
+def add_method_command(name: str) -> None:
+    """The `clado prep NAME` subcommand of one registered method."""
+    m = get_method(name)
+    _command(name, f"{m.help}\n\nExample: clado prep {name} --config configs/demo.yaml --sb 0 --eb 3")
+
+
+for _name in prep_method_names():
+    add_method_command(_name)

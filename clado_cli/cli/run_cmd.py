@@ -4,12 +4,10 @@ from typing import Optional
 import typer
 
 from ..console import out
-from . import app
 from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
                      boundary, load, print_json, session_for)
 
 
-@app.command("run")
 @boundary
 def run(config: Optional[Path] = ConfigOpt,
         out_dir: Path = typer.Option(Path("runs/latest"), "--out-dir", help="Where results.json, pareto.png and decisions go."),

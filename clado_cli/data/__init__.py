@@ -1,5 +1,5 @@
 """Data sets behind one registry, and the batching that defines the sensitivity and
-calibration sets (SPEC, Terms).
+calibration sets (docs/methods.md, "Terms").
 
 A spec string is `digits` or `KIND:PATH`:
   digits            scikit-learn's bundled 8x8 digits (no download)
@@ -22,7 +22,6 @@ from .batches import (
     num_batches,
     permutation,
     sensitivity_batch,
-    sensitivity_batches,
 )
 from .folders import pseudo_label
 from ..errors import UsageError
@@ -38,7 +37,6 @@ __all__ = [
     "permutation",
     "num_batches",
     "sensitivity_batch",
-    "sensitivity_batches",
     "calibration_batches",
     "calibration_indices",
     "eval_batches",

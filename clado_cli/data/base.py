@@ -68,7 +68,7 @@ def parse_spec(spec: str) -> Tuple[str, Optional[str]]:
     """`digits` -> ("digits", None); `KIND:PATH` -> (KIND, PATH)."""
     spec = spec.strip()
     if not spec:
-        raise UsageError("empty data set spec; use digits, idx:PATH, imagefolder:PATH or images:PATH")
+        raise UsageError(f"empty data set spec; use one of {', '.join(DATASETS.names())} (KIND or KIND:PATH)")
     kind, sep, path = spec.partition(":")
     return kind.strip(), (path.strip() if sep else None)
 

@@ -1,4 +1,4 @@
-"""The batches that define clado's data sets of record (SPEC, Terms):
+"""The batches that define clado's data sets of record (docs/methods.md, "Terms"):
 
 - sensitivity set: batch k = training images perm[k*bs:(k+1)*bs] of a seeded permutation of the
   training split, full batches only, so batch k is the same images for every method and run;
@@ -38,18 +38,6 @@ def sensitivity_batch(train_ds: Dataset, k: int, bs: int, seed: int, workers: in
     n = _check_range(len(train_ds), k, k, bs)
     idx = permutation(n, seed)[k * bs : (k + 1) * bs]
     return next(_batched(train_ds, idx, bs, workers))
-
-
-def sensitivity_batches(
-    train_ds: Dataset, sb: int, eb: int, bs: int, seed: int, workers: int = 0
-) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
-    """(k, x, y) for the sensitivity batches sb..eb inclusive; the range is checked when this
-    is called, before any batch is loaded."""
-    if sb > eb:
-        raise UsageError(f"sb ({sb}) must not exceed eb ({eb})")
-    n = _check_range(len(train_ds), sb, eb, bs)
-    idx = permutation(n, seed)[sb * bs : (eb + 1) * bs]
-    return ((k, x, y) for k, (x, y) in zip(range(sb, eb + 1), _batched(train_ds, idx, bs, workers)))
 
 
 def _check_range(n: int, sb: int, eb: int, bs: int) -> int:

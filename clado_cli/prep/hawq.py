@@ -1,4 +1,4 @@
-"""HAWQ-V3 Hessian traces for one batch (SPEC, HAWQ-V3), on the float model.
+"""HAWQ-V3 Hessian traces for one batch (docs/methods.md, "HAWQ-V3"), on the float model.
 
 Per decided layer l: t_l = Hutchinson estimate of tr(H_ll), the diagonal Hessian block of the
 batch-mean loss, from Rademacher probes v: E[vᵀ H_ll v] = tr(H_ll). Hessian-vector products come
@@ -17,8 +17,8 @@ faster at a fixed probe count, but at equal time its traces are noisier on 75-95
 layers, and with the default stopping rule it is only ~1.3x faster and 4-5x noisier across
 probe seeds (docs/performance.md).
 
-The cache keeps the traces and ‖Q_b(W_l) − W_l‖²; SPEC's s(l,b) = t_l / numel(W_l) · ‖ΔW‖² is
-derived from them by `hawq_sensitivity`.
+The cache keeps the traces and ‖Q_b(W_l) − W_l‖²; the sensitivity s(l,b) = t_l / numel(W_l) · ‖ΔW‖²
+is derived from them by `clado_cli.methods.hawq.hawq_sensitivity`.
 """
 from __future__ import annotations
 
@@ -38,10 +38,6 @@ def quant_error_sq(qm: QuantModel) -> np.ndarray:
         for k, b in enumerate(qm.candidates):
             out[l, k] = float(((q.quantized_weight(b) - w).double() ** 2).sum())
     return out
-
-
-def hawq_sensitivity(traces: np.ndarray, qerr_sq: np.ndarray, numel: np.ndarray) -> np.ndarray:
-    return (traces / numel)[:, None] * qerr_sq
 
 
 def _rademacher(shape, gen: torch.Generator, device) -> torch.Tensor:

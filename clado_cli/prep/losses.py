@@ -1,4 +1,4 @@
-"""The loss L(S) that every sensitivity measures (SPEC: batch-mean cross-entropy; or KL
+"""The loss L(S) that every sensitivity measures (docs/methods.md, "Loss": batch-mean cross-entropy; or KL
 divergence to the float model's output, which needs no labels)."""
 from __future__ import annotations
 

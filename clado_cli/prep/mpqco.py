@@ -1,4 +1,4 @@
-"""MPQCO sensitivities for one batch (SPEC, MPQCO), on the float model:
+"""MPQCO sensitivities for one batch (docs/methods.md, "MPQCO"), on the float model:
 
     z_n = logit of the true class,  g_n = ∂z_n/∂W (per sample),  ΔW(l,b) = Q_b(W_l) − W_l,
     s(l,b) = 1/(2N) · Σ_n ( ⟨g_n[l], ΔW(l,b)⟩ / z_n )².

@@ -2,8 +2,8 @@
 
 Every quantizable layer is wrapped in a `QLayer` that holds MQBench quantizers made by
 `get_qconfig_by_platform(BackendType.Academic, ...)`: one `FixedFakeQuantize` weight quantizer
-per candidate width (each calibrated once on the weight: SPEC "one calibrated weight quantizer per
-option (l, b)"), and one input-activation quantizer, calibrated once on the calibration set with
+per candidate width (each calibrated once on the weight; docs/methods.md, "Quantizers"), and one
+input-activation quantizer, calibrated once on the calibration set with
 every fake-quant off. Applying options only flips per-layer state: no deep copies.
 
 Two ways to run a quantized weight, with identical numbers:
@@ -165,7 +165,6 @@ class QuantModel(nn.Module):
             self._wrap(info.name, [fixed_w_bits], fixed_a_bits, quant)
         self.decided = [self.qlayers[n] for n in plan.decided_names]
         self.fixed = [self.qlayers[n] for n in plan.fixed_names]
-        self.calibrated = False
 
     def _wrap(self, name, w_bits, a_bits, quant):
         q = QLayer(name, self.model.get_submodule(name), w_bits, a_bits, quant)
@@ -178,7 +177,7 @@ class QuantModel(nn.Module):
     # -- options ---------------------------------------------------------------------------
     @property
     def options(self) -> List[Tuple[str, int]]:
-        """Option order of SPEC: i = l*B + k for decided layer l and candidate index k."""
+        """Option order (docs/methods.md, "Terms"): i = l*B + k for decided layer l and candidate index k."""
         return [(q.name, b) for q in self.decided for b in self.candidates]
 
     def reset(self) -> None:
@@ -187,7 +186,7 @@ class QuantModel(nn.Module):
             q.w_bits, q.a_on = None, False
 
     def apply(self, options: Iterable[Tuple[str, int]]) -> None:
-        """Float everywhere except the given options, each applied as SPEC defines it:
+        """Float everywhere except the given options, each applied as docs/methods.md ("Quantizers") defines it:
         the layer's weights at b bits AND its input activation fake-quantized."""
         self.reset()
         for name, bits in options:
@@ -229,7 +228,6 @@ class QuantModel(nn.Module):
                 q.calibrating = False
                 q.a_fq.disable_observer()
                 q.a_fq.enable_fake_quant()
-        self.calibrated = True
 
     def quant_state(self) -> Dict[str, torch.Tensor]:
         """Scales and zero points of every quantizer (to cache a calibration)."""
@@ -256,4 +254,3 @@ class QuantModel(nn.Module):
                 fq.enable_fake_quant()
             q.refresh_cache()
         self.reset()
-        self.calibrated = True

@@ -7,6 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from clado_cli.cli import app
+from clado_cli.decisions import decision_file_name
+from clado_cli.methods import kind_of
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -98,7 +100,7 @@ def test_prep_optimize_evaluate_inspect_end_to_end(cfg_file, tmp_path):
     for d in decisions:
         assert d["sizes"]["decided_bytes"] <= d["budget"]["bytes"]
         assert d["sizes"]["total_bytes"] == d["sizes"]["decided_bytes"] + d["sizes"]["fixed_bytes"]
-        assert (out_dir / f"{d['method']}-{d['budget']['given'].replace(':', '')}.json").is_file()
+        assert (out_dir / decision_file_name(d)).is_file()
     # with no binding budget (8 bits on average = everything at 8) every method takes 8 bits
     # everywhere, unless its estimates are negative somewhere, which the decision then says
     for d in decisions:
@@ -121,10 +123,10 @@ def test_prep_optimize_evaluate_inspect_end_to_end(cfg_file, tmp_path):
     rep = json.loads(invoke("inspect", "-c", cfg_file, "--heatmap", heat, "--csv", csv, "--json", "-q").stdout)
     assert heat.stat().st_size > 1000 and csv.read_text().count("\n") == 1 + 3 * 12
     # the heatmap's numbers are the G entries computed from the cached Ltilde
-    from clado_cli.decide import Sensitivities
-    from clado_cli.prep.cache import Cache
+    from clado_cli.methods import get_method, load_sensitivities
+    from clado_cli.store.cache import Cache
 
-    sens = Sensitivities(Cache.from_dir(Path(listing[0]["path"])), "clado")
+    sens = load_sensitivities(Cache.from_dir(Path(listing[0]["path"])), get_method("clado"))
     B = 3
     M = np.array(rep["interaction"]["matrix"])
     for l in range(12):
@@ -139,7 +141,7 @@ def test_prep_stack_changes_memory_not_numbers(cfg_file, tmp_path):
     """--stack sets how many perturbations the fast engine stacks per pass (auto: per layer, by
     the memory rule of docs/performance.md, more where less of the network is downstream); the
     numbers are the same for every setting, and the setting is not part of the fingerprint."""
-    from clado_cli.prep.cache import Cache
+    from clado_cli.store.cache import Cache
 
     runs = {}
     for stack in (None, "1", "9"):
@@ -155,7 +157,7 @@ def test_prep_stack_changes_memory_not_numbers(cfg_file, tmp_path):
             assert summary["stack"] == [int(stack)] * 12
         runs[stack] = summary
     assert len({Path(r["cache"]).name for r in runs.values()}) == 1          # one fingerprint
-    vals = [Cache.from_dir(Path(r["cache"])).read_batch("clado", 0)[0]["Ltilde"] for r in runs.values()]
+    vals = [Cache.from_dir(Path(r["cache"])).read_batch(kind_of("clado"), 0)[0]["Ltilde"] for r in runs.values()]
     assert all(np.array_equal(vals[0], v) for v in vals[1:])
 
 

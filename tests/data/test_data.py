@@ -21,7 +21,6 @@ from clado_cli.data import (
     permutation,
     pseudo_label,
     sensitivity_batch,
-    sensitivity_batches,
 )
 from clado_cli.data.digits import DIGITS_MEAN, DIGITS_STD
 from clado_cli.data.idx import MNIST_MEAN, MNIST_STD, read_idx
@@ -395,10 +394,6 @@ def test_sensitivity_batches_disjoint(digits):
         assert not seen & set(idx)
         seen |= set(idx)
     assert len(seen) == 200
-    ks = [(k, x) for k, x, _ in sensitivity_batches(digits.train, 1, 3, 50, seed=7)]
-    assert [k for k, _ in ks] == [1, 2, 3]
-    for k, x in ks:
-        assert torch.equal(x, sensitivity_batch(digits.train, k, 50, seed=7)[0])
 
 
 def test_sensitivity_batch_beyond_data(digits):
@@ -407,8 +402,6 @@ def test_sensitivity_batch_beyond_data(digits):
     msg = r"batch 21 needs images 1344\.\.1407; the training split has 1347 images \(21 full batches of 64\)"
     with pytest.raises(InputError, match=msg):
         sensitivity_batch(digits.train, 21, 64, seed=0)
-    with pytest.raises(InputError, match="batch 25 needs images"):
-        sensitivity_batches(digits.train, 0, 25, 64, seed=0)
 
 
 def test_sensitivity_batch_file_backed_matches_items(tmp_path):

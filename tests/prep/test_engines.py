@@ -241,17 +241,18 @@ def test_mpqco_fast_equals_reference_on_embedded_model(shared_session):
 
 
 def test_mpqco_cached_deltas_give_identical_numbers(shared_session):
-    """prep computes ΔW once per run (prep_runner) and passes it to every batch; that must give
-    the very same numbers as recomputing ΔW inside each call, on both fast methods."""
-    from clado_cli.prep import prep_runner
+    """prep computes ΔW once per run (the run's runner) and passes it to every batch; that must
+    give the very same numbers as recomputing ΔW inside each call, on both fast methods."""
+    from clado_cli.prep import PrepRun
     from clado_cli.prep.mpqco import mpqco_fast, weight_deltas
 
     s = shared_session
     model = s.float_model.requires_grad_(True)
     x, y = s.sensitivity_batch(1)
-    deltas = prep_runner(s, "mpqco", "fast")
-    assert deltas is prep_runner(s, "mpqco", "fast")          # built once per session
-    assert prep_runner(s, "mpqco", "reference") is None
+    run = PrepRun(s, "mpqco", 0, 1).setup(params=False)
+    deltas = run.runner
+    assert run.setup() is run and run.runner is deltas       # built once per run
+    assert PrepRun(s, "mpqco", 0, 1, engine="reference").setup(params=False).runner is None
     for name, d in weight_deltas(s.qmodel).items():
         assert torch.equal(deltas[name], d)
     for method in ("linear", "vmap"):

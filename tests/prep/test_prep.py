@@ -11,6 +11,7 @@ from clado_cli.errors import CacheError
 from clado_cli.prep import run_prep
 from clado_cli.prep.clado import clado_reference
 from clado_cli.session import Session
+from clado_cli.methods import kind_of
 
 
 def _loss(qm, x, y, options):
@@ -48,7 +49,7 @@ def test_batches_are_additive_and_resume_skips(small_cfg):
     a = run_prep(s, "clado", 0, 1)
     b = run_prep(s, "clado", 2, 3)
     assert a["computed"] == [0, 1] and b["computed"] == [2, 3]
-    combined, n, ks = s.cache.combine("clado", [0, 1, 2, 3])
+    combined, n, ks = s.cache.combine(kind_of("clado"), [0, 1, 2, 3])
     assert n == 4 * cfg.data.bs and ks == [0, 1, 2, 3]
     again = run_prep(s, "clado", 0, 3)
     assert again["computed"] == [] and again["skipped"] == [0, 1, 2, 3]
@@ -59,7 +60,7 @@ def test_batches_are_additive_and_resume_skips(small_cfg):
     cfg2 = load_config(None, small_overrides(s.cache.root.parent.parent / "other", **{"data.eb": 3}))
     s2 = Session(cfg2)
     run_prep(s2, "clado", 0, 3)
-    one, _, _ = s2.cache.combine("clado")
+    one, _, _ = s2.cache.combine(kind_of("clado"))
     assert np.allclose(one["Ltilde"], combined["Ltilde"], atol=1e-12)
     forced = run_prep(s2, "clado", 1, 1, force=True)
     assert forced["computed"] == [1]
@@ -72,19 +73,22 @@ def test_fingerprint_changes_with_quantizer_and_mismatch_is_refused(small_cfg):
     same = Session(small_cfg(**{"data.eb": 1, "threads": 1}))
     assert same.fingerprint == base.fingerprint
     base.cache.ensure()
+    # a manifest written under another config's fingerprint is refused
+    from clado_cli.store import Cache
+
     with pytest.raises(CacheError, match="does not match"):
-        base.cache.check_matches(other.manifest)
+        Cache(base.cache.root, other.manifest, base.fingerprint).ensure()
 
 
 def test_cache_files_are_checksummed(small_cfg):
     s = Session(small_cfg())
     run_prep(s, "mpqco", 0, 0)
-    p = s.cache.batch_path("mpqco", 0)
+    p = s.cache.batch_path(kind_of("mpqco"), 0)
     data = bytearray(p.read_bytes())
     data[-30] ^= 0xFF
     p.write_bytes(bytes(data))
     with pytest.raises(CacheError, match="fails its checksum"):
-        s.cache.read_batch("mpqco", 0)
+        s.cache.read_batch(kind_of("mpqco"), 0)
     assert any("checksum" in msg for msg in s.cache.verify())
     side = json.loads(p.with_suffix(".json").read_text())
     assert side["n"] == s.cfg.data.bs and side["fingerprint"] == s.fingerprint

@@ -4,10 +4,11 @@ Layout (one directory per fingerprint, i.e. per hash of the manifest):
 
     <cache_dir>/<fingerprint>/manifest.json
     <cache_dir>/<fingerprint>/quant_state.safetensors (+ .json)  calibrated quantizer parameters
-    <cache_dir>/<fingerprint>/Ltilde/batch_00003.npz (+ .json)    CLADO, one file per batch
-    <cache_dir>/<fingerprint>/DELTAL/...                          MPQCO
-    <cache_dir>/<fingerprint>/HAWQ_DELTAL/...                     HAWQ-V3 traces
-    <cache_dir>/<fingerprint>/<METHOD>/params.json                method settings the numbers depend on
+    <cache_dir>/<fingerprint>/<dir>/batch_00003.npz (+ .json)     one file per batch and method
+    <cache_dir>/<fingerprint>/<dir>/params.json                   method settings the numbers depend on
+
+Each method names its `<dir>` with a `Stored` descriptor (the release's names: Ltilde for
+CLADO, DELTAL for MPQCO, HAWQ_DELTAL for the HAWQ-V3 traces); the cache itself knows no method.
 
 Each batch file holds its values and its sample count; its sidecar JSON holds the sha256 of
 the npz, verified on every load. Files are written to a temp name and renamed, so an
@@ -21,66 +22,58 @@ import io
 import json
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import CacheError, EnvironmentProblem
+from .files import atomic_write, json_bytes as _json_bytes, read_json, sha256_bytes
 
-METHOD_DIRS = {"clado": "Ltilde", "mpqco": "DELTAL", "hawq": "HAWQ_DELTAL"}
 BATCH_RE = re.compile(r"^batch_(\d{5})\.npz$")
 MANIFEST = "manifest.json"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def fingerprint_of(manifest: Dict[str, Any]) -> str:
+    """The cache directory's name: a hash of everything the cached numbers depend on."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, rename over the target. A directory
-    that cannot be written (permissions, a file in the way, a full or read-only disk) is an
-    EnvironmentProblem; the target is then left as it was."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
+@dataclass(frozen=True)
+class Stored:
+    """What one method keeps in a cache: its directory and how messages name it.
 
+    `name` is the prep command that fills it (`clado prep NAME`), `dirname` the directory,
+    `label` the words a message uses for its numbers ("CLADO sensitivities")."""
 
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    name: str
+    dirname: str
+    label: str
+
+    @classmethod
+    def found(cls, directory: Path) -> "Stored":
+        """A directory found on disk, named by the method its batch sidecars record."""
+        name = directory.name
+        for side in sorted(directory.glob("batch_*.json")):
+            try:
+                recorded = json.loads(side.read_text()).get("method")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(recorded, str) and recorded:
+                name = recorded
+                break
+        return cls(name, directory.name, f"{name} values ({directory.name}/)")
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CacheError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CacheError(f"{what} {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    return read_json(path, what, CacheError)
 
 
 @dataclass
 class BatchInfo:
-    method: str
+    kind: Stored
     k: int
     n: int
     bytes: int
@@ -98,13 +91,9 @@ class Cache:
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, cache_dir: Path, manifest: Dict[str, Any]) -> "Cache":
-        """Open (and create if needed) the directory for this manifest."""
-        from ..session import fingerprint_of
-
+        """The directory for this manifest (created by `ensure`, on the first write)."""
         fp = fingerprint_of(manifest)
-        root = Path(cache_dir) / fp
-        cache = cls(root, manifest, fp)
-        return cache
+        return cls(Path(cache_dir) / fp, manifest, fp)
 
     def ensure(self) -> None:
         """Create the directory and its manifest (first write wins; later ones must match)."""
@@ -126,8 +115,6 @@ class Cache:
     @classmethod
     def from_dir(cls, path: Path) -> "Cache":
         """Open an existing fingerprint directory by path, checking its manifest's hash."""
-        from ..session import fingerprint_of
-
         path = Path(path)
         if not path.is_dir():
             raise CacheError(f"cache directory not found: {path}")
@@ -138,49 +125,59 @@ class Cache:
                              f"(edited or copied under the wrong name)")
         return cls(path, manifest, fp)
 
-    def check_matches(self, manifest: Dict[str, Any], what: str = "this config") -> None:
-        if manifest != self.manifest:
-            diff = _first_difference(self.manifest, manifest)
-            raise CacheError(f"cache {self.fingerprint} does not match {what}: {diff}")
-
     # -- method parameters -----------------------------------------------------------------
-    def method_dir(self, method: str) -> Path:
-        return self.root / METHOD_DIRS[method]
+    def kind_dir(self, kind: Stored) -> Path:
+        return self.root / kind.dirname
 
-    def forget_params(self, method: str) -> None:
-        """Drop the recorded method settings (--force recomputes under the current ones)."""
+    def kinds_on_disk(self) -> List[Stored]:
+        """Every directory of this cache that holds batch files (see `Stored.found`)."""
+        if not self.root.is_dir():
+            return []
+        return [Stored.found(d) for d in sorted(self.root.iterdir())
+                if d.is_dir() and any(BATCH_RE.match(f.name) for f in d.iterdir())]
+
+    def forget_params(self, kind: Stored) -> None:
+        """Drop the recorded method settings (a forced recompute runs under the current ones)."""
         try:
-            (self.method_dir(method) / "params.json").unlink()
+            (self.kind_dir(kind) / "params.json").unlink()
         except FileNotFoundError:
             pass
 
-    def check_params(self, method: str, params: Mapping[str, Any], write: bool = True) -> None:
+    def read_params(self, kind: Stored) -> Optional[Dict[str, Any]]:
+        p = self.kind_dir(kind) / "params.json"
+        if not p.exists():
+            return None
+        on_disk = _read_json(p, f"{kind.label} parameters")
+        if not isinstance(on_disk, dict):
+            raise CacheError(f"{kind.label} parameters {p} are not a JSON object")
+        return on_disk
+
+    def check_params(self, kind: Stored, params: Mapping[str, Any], write: bool = True) -> None:
         """Settings that change one method's numbers (e.g. HAWQ's estimator) without
         changing the others'; a cache made with other settings is refused."""
-        p = self.method_dir(method) / "params.json"
-        if p.exists():
-            on_disk = _read_json(p, f"{method} parameters")
+        on_disk = self.read_params(kind)
+        if on_disk is not None:
             if on_disk != dict(params):
-                diff = _first_difference(on_disk, dict(params))
-                raise CacheError(f"{METHOD_DIRS[method]} cache in {self.fingerprint} was made with other "
-                                 f"{method} settings ({diff}); use --force to recompute or another cache_dir")
+                diff = first_difference(on_disk, dict(params))
+                raise CacheError(f"the {kind.label} in cache {self.fingerprint} were made with other {kind.name} "
+                                 f"settings ({diff}); force a recompute or use another cache directory")
         elif write:
-            atomic_write(p, _json_bytes(dict(params)))
+            atomic_write(self.kind_dir(kind) / "params.json", _json_bytes(dict(params)))
 
     # -- batches -------------------------------------------------------------------------
-    def batch_path(self, method: str, k: int) -> Path:
-        return self.method_dir(method) / f"batch_{k:05d}.npz"
+    def batch_path(self, kind: Stored, k: int) -> Path:
+        return self.kind_dir(kind) / f"batch_{k:05d}.npz"
 
-    def has_batch(self, method: str, k: int) -> bool:
-        p = self.batch_path(method, k)
+    def has_batch(self, kind: Stored, k: int) -> bool:
+        p = self.batch_path(kind, k)
         return p.is_file() and p.with_suffix(".json").is_file()
 
-    def write_batch(self, method: str, k: int, arrays: Mapping[str, np.ndarray], n: int,
+    def write_batch(self, kind: Stored, k: int, arrays: Mapping[str, np.ndarray], n: int,
                     meta: Optional[Mapping[str, Any]] = None) -> Path:
         buf = io.BytesIO()
         np.savez(buf, **{name: np.asarray(a) for name, a in arrays.items()}, n=np.asarray(n, dtype=np.int64))
         data = buf.getvalue()
-        p = self.batch_path(method, k)
+        p = self.batch_path(kind, k)
         # drop an old sidecar first: a kill between the two writes below then leaves the batch
         # "not cached" (recomputed on resume), never an old sidecar beside a new npz
         try:
@@ -188,19 +185,20 @@ class Cache:
         except FileNotFoundError:
             pass
         atomic_write(p, data)
-        side = {"sha256": sha256_bytes(data), "n": int(n), "k": int(k), "method": method,
+        side = {"sha256": sha256_bytes(data), "n": int(n), "k": int(k), "method": kind.name,
                 "fingerprint": self.fingerprint, **(dict(meta) if meta else {})}
         atomic_write(p.with_suffix(".json"), _json_bytes(side))
         return p
 
-    def read_batch(self, method: str, k: int) -> Tuple[Dict[str, np.ndarray], int]:
-        p = self.batch_path(method, k)
-        if not self.has_batch(method, k):
-            raise CacheError(f"no {METHOD_DIRS[method]} batch {k} in cache {self.fingerprint} (run clado prep {method})")
+    def read_batch(self, kind: Stored, k: int) -> Tuple[Dict[str, np.ndarray], int]:
+        p = self.batch_path(kind, k)
+        if not self.has_batch(kind, k):
+            raise CacheError(f"batch {k} of the {kind.label} is not in cache {self.fingerprint} "
+                             f"(run clado prep {kind.name})")
         side = _read_json(p.with_suffix(".json"), "batch sidecar")
         if not isinstance(side, dict):
             raise CacheError(f"batch sidecar {p.with_suffix('.json')} is not a JSON object")
-        mine = {"fingerprint": self.fingerprint, "method": method, "k": k}
+        mine = {"fingerprint": self.fingerprint, "method": kind.name, "k": k}
         for key, want in mine.items():
             if key in side and side[key] != want:
                 raise CacheError(f"cache file {p} belongs to {key} {side[key]!r}, not {want!r} (copied in from "
@@ -220,8 +218,8 @@ class Cache:
             raise CacheError(f"cache file {p} holds {n} samples but its sidecar says {side['n']}")
         return arrays, n
 
-    def batches(self, method: str) -> List[int]:
-        d = self.method_dir(method)
+    def batches(self, kind: Stored) -> List[int]:
+        d = self.kind_dir(kind)
         if not d.is_dir():
             return []
         ks = []
@@ -231,27 +229,32 @@ class Cache:
                 ks.append(int(m.group(1)))
         return sorted(ks)
 
-    def batch_infos(self, method: str) -> List[BatchInfo]:
+    def batch_infos(self, kind: Stored) -> List[BatchInfo]:
         out = []
-        for k in self.batches(method):
-            p = self.batch_path(method, k)
+        for k in self.batches(kind):
+            p = self.batch_path(kind, k)
             side = _read_json(p.with_suffix(".json"), "batch sidecar")
-            out.append(BatchInfo(method, k, int(side.get("n", 0)), p.stat().st_size, p))
+            out.append(BatchInfo(kind, k, int(side.get("n", 0)) if isinstance(side, dict) else 0, p.stat().st_size, p))
         return out
 
-    def combine(self, method: str, ks: Optional[Iterable[int]] = None) -> Tuple[Dict[str, np.ndarray], int, List[int]]:
-        """Sample-weighted mean of every array over the batches ks (all cached by default)."""
-        ks = sorted(set(ks)) if ks is not None else self.batches(method)
+    def combine(self, kind: Stored, ks: Optional[Iterable[int]] = None,
+                check: Optional[Callable[[Dict[str, np.ndarray], Path], None]] = None
+                ) -> Tuple[Dict[str, np.ndarray], int, List[int]]:
+        """Sample-weighted mean of every array over the batches ks (all cached by default);
+        docs/methods.md, "Combining batches". `check(arrays, path)` sees each batch as read."""
+        ks = sorted(set(ks)) if ks is not None else self.batches(kind)
         if not ks:
-            raise CacheError(f"no {METHOD_DIRS[method]} batches cached in {self.root} (run clado prep {method})")
-        missing = [k for k in ks if not self.has_batch(method, k)]
+            raise CacheError(f"no {kind.label} are cached in {self.root} (run clado prep {kind.name})")
+        missing = [k for k in ks if not self.has_batch(kind, k)]
         if missing:
-            raise CacheError(f"{METHOD_DIRS[method]} batches {_ranges(missing)} are not cached in {self.fingerprint} "
-                             f"(cached: {_ranges(self.batches(method)) or 'none'})")
+            raise CacheError(f"batches {ranges(missing)} of the {kind.label} are not cached in {self.fingerprint} "
+                             f"(cached: {ranges(self.batches(kind)) or 'none'})")
         total: Dict[str, np.ndarray] = {}
         n_total = 0
         for k in ks:
-            arrays, n = self.read_batch(method, k)
+            arrays, n = self.read_batch(kind, k)
+            if check is not None:
+                check(arrays, self.batch_path(kind, k))
             for name, a in arrays.items():
                 a = a.astype(np.float64)
                 total[name] = total[name] + n * a if name in total else n * a
@@ -260,12 +263,12 @@ class Cache:
 
     # -- claims (two processes on one cache never compute the same batch) -------------------
     @contextmanager
-    def claim(self, method: str, k: int, wait: bool):
+    def claim(self, kind: Stored, k: int, wait: bool):
         """Yields True if this process holds the batch's lock (False if another does and
         wait is False)."""
         from filelock import FileLock, Timeout
 
-        lock_path = self.method_dir(method) / f".batch_{k:05d}.lock"
+        lock_path = self.kind_dir(kind) / f".batch_{k:05d}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_path))
         try:
@@ -315,17 +318,18 @@ class Cache:
         atomic_write(p.with_suffix(".json"), _json_bytes({"sha256": sha256_bytes(data)}))
 
     # -- checking --------------------------------------------------------------------------
-    def verify(self) -> List[str]:
-        """Problems found (empty when every file checks out)."""
+    def verify(self, kinds: Optional[Sequence[Stored]] = None) -> List[str]:
+        """Problems found (empty when every file checks out). `kinds`: the directories to
+        check (default: every one that holds batch files)."""
         problems = []
         try:
             Cache.from_dir(self.root)
         except CacheError as exc:
             problems.append(str(exc))
-        for method in METHOD_DIRS:
-            for k in self.batches(method):
+        for kind in self._with_disk_kinds(kinds):
+            for k in self.batches(kind):
                 try:
-                    self.read_batch(method, k)
+                    self.read_batch(kind, k)
                 except CacheError as exc:
                     problems.append(str(exc))
         if (self.root / "quant_state.safetensors").exists():
@@ -334,6 +338,12 @@ class Cache:
             except CacheError as exc:
                 problems.append(str(exc))
         return problems
+
+    def _with_disk_kinds(self, kinds: Optional[Sequence[Stored]]) -> List[Stored]:
+        """`kinds` plus any directory on disk that none of them names."""
+        kinds = list(kinds or [])
+        named = {k.dirname for k in kinds}
+        return kinds + [k for k in self.kinds_on_disk() if k.dirname not in named]
 
     def stray_temp_files(self) -> List[Path]:
         return [p for p in self.root.rglob("*.tmp")]
@@ -353,7 +363,8 @@ def list_caches(cache_dir: Path) -> List[Cache]:
     return out
 
 
-def _ranges(ks: List[int]) -> str:
+def ranges(ks: List[int]) -> str:
+    """1,2,3,5 -> "1..3,5"."""
     ks = sorted(ks)
     parts, i = [], 0
     while i < len(ks):
@@ -365,12 +376,12 @@ def _ranges(ks: List[int]) -> str:
     return ",".join(parts)
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
+def first_difference(a: Any, b: Any, path: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if key not in a or key not in b or a[key] != b[key]:
                 if key in a and key in b:
-                    return _first_difference(a[key], b[key], f"{path}.{key}" if path else key)
+                    return first_difference(a[key], b[key], f"{path}.{key}" if path else key)
                 return f"{path + '.' if path else ''}{key} present on one side only"
     short = lambda v: (json.dumps(v)[:60] + "…") if len(json.dumps(v)) > 60 else json.dumps(v)
     return f"{path or 'value'} is {short(a)} in the cache, {short(b)} here"

@@ -1,0 +1,95 @@
+"""Decision files: the one schema (clado_cli/schemas/decision.schema.json, its method list taken
+from the method registry), reading and validating them, the one writer of decision files and
+their index, and the config a decision was made with."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from .errors import InputError
+
+SCHEMA_ID = "clado.decision/1"
+
+
+def sizes_triple(decided_bytes: float, fixed_bytes: float) -> Dict[str, float]:
+    """The sizes every result reports: decided layers, fixed layers, and their total
+    (docs/methods.md, "Sizes and budgets")."""
+    return {"decided_bytes": float(decided_bytes), "fixed_bytes": float(fixed_bytes),
+            "total_bytes": float(decided_bytes) + float(fixed_bytes)}
+
+
+def schema() -> Dict[str, Any]:
+    """The decision JSON Schema, with `method` restricted to the registered methods."""
+    from .methods import method_names
+
+    s = json.loads(resources.files("clado_cli.schemas").joinpath("decision.schema.json").read_text())
+    s["properties"]["method"] = {"enum": method_names()}
+    return s
+
+
+def validate_decision(d: Any, where: str = "decision") -> Dict[str, Any]:
+    import jsonschema
+
+    try:
+        jsonschema.validate(d, schema())
+    except jsonschema.ValidationError as exc:
+        path = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise InputError(f"{where} is not a valid clado decision: {path}: {exc.message}") from None
+    return d
+
+
+def read_decision(path) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"decision file not found: {p}")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"decision file {p} is not valid JSON: {exc}") from None
+    return validate_decision(d, str(p))
+
+
+def decision_file_name(d: Mapping[str, Any]) -> str:
+    """`decision-<method>-<budget>.json`, the budget as given without colons."""
+    return f"decision-{d['method']}-{d['budget']['given'].replace(':', '').replace('/', '_')}.json"
+
+
+def write_decisions(out_dir: Path, decisions: Sequence[Mapping[str, Any]], fingerprint: str) -> List[Path]:
+    """Write each decision as `decision_file_name(d)` under out_dir, and index.json listing
+    them (file, method, budget, sizes, predicted loss increase, optimal)."""
+    from .jsonio import write_json
+
+    out_dir = Path(out_dir)
+    paths, index = [], []
+    for d in decisions:
+        name = decision_file_name(d)
+        write_json(out_dir / name, d)
+        paths.append(out_dir / name)
+        index.append({"file": name, "method": d["method"], "budget": d["budget"], "sizes": d["sizes"],
+                      "predicted_loss_increase": d["predicted_loss_increase"], "optimal": d["solver"]["optimal"]})
+    write_json(out_dir / "index.json", {"fingerprint": fingerprint, "decisions": index})
+    return paths
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """{"data": {"bs": 8}} -> {"data.bs": 8}."""
+    flat: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def config_of_decision(d: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None,
+                       flags: Optional[Mapping[str, str]] = None, where: str = "decision"):
+    """The config a decision was made with (its `config`), dotted `overrides` on top."""
+    from .config import load_config
+
+    flat = flatten(d["config"])
+    flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return load_config(None, flat, flags=flags, where=f"{where}: config")

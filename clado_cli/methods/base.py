@@ -1,0 +1,226 @@
+"""What a sensitivity method is: the base class every method subclasses, its sensitivities as
+the optimizer sees them, and the registry that every list of methods is derived from.
+
+A method owns, in one module:
+  - `name`, `help`, `program` ("IQP" or "ILP") and `marker` (the Pareto plot's);
+  - `stored`: its cache directory (a `Stored`), or `reads`: the method whose cache it reads
+    (naive reads CLADO's);
+  - `prep_flags`: the prep settings it reads (any other given to its prep is refused);
+  - its cache parameters, per-batch work count and dry-run estimate;
+  - its compute for one batch, and for one rank's part of a batch (the parts sum to the batch);
+  - `expected_arrays`: the arrays each cached batch must hold, checked on every read;
+  - its sensitivities as the optimizer sees them, and its program with the predicted loss.
+
+Adding a method is one new module that subclasses `Method` and decorates it with `@register`
+(docs: README, "Where things live").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import CacheError
+from ..optimize import Budget, OptionSpace, SolveResult
+from ..registry import Registry
+from ..store import Cache, Stored
+
+Tick = Optional[Callable[[int], None]]
+
+
+def space_of(manifest: Dict[str, Any]) -> OptionSpace:
+    """The option space (decided layers x candidate widths) a cache was computed for."""
+    decided = manifest["layers"]["decided"]
+    return OptionSpace(layer_names=[n for n, _ in decided], candidates=list(manifest["candidates"]),
+                       numel=[int(k) for _, k in decided])
+
+
+@dataclass
+class SolveOptions:
+    """How a program is solved: the IQP's PSD treatment (clado only), solver, time limit."""
+
+    psd: str = "clip"
+    solver: str = "auto"
+    time_limit: float = 120.0
+
+
+@dataclass
+class Sensitivities:
+    """One method's numbers combined over a set of cached batches, as the optimizer sees them.
+
+    `singles`: one value per option (the option applied alone); `values`: the combined arrays
+    as cached; subclasses add what their program needs."""
+
+    method: str
+    space: OptionSpace
+    samples: int
+    batches: List[int]
+    values: Dict[str, np.ndarray] = field(repr=False)
+    singles: np.ndarray = field(repr=False, default=None)
+
+    def negative_words(self) -> str:
+        return "sensitivities"
+
+    def warnings(self) -> List[str]:
+        neg = int((self.singles < 0).sum())
+        if not neg:
+            return []
+        return [f"{neg} of {len(self.singles)} {self.negative_words()} are negative: the estimate says quantizing "
+                f"those options lowers the loss, so even an unbinding budget may not pick the widest widths"]
+
+
+class Method:
+    """Base class: see the module docstring. Class attributes describe; methods compute."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    program: ClassVar[str]                      # "IQP" or "ILP"
+    marker: ClassVar[str] = "o"
+    stored: ClassVar[Optional[Stored]] = None   # its own cache directory, if it has one
+    reads: ClassVar[Optional[str]] = None       # else: the method whose cache it reads
+    prep_flags: ClassVar[Tuple[str, ...]] = ()  # prep settings it reads: engine, stack, estimator
+    uses_psd: ClassVar[bool] = False            # whether --psd applies to its program
+    engines: ClassVar[Tuple[str, ...]] = ()     # prep engines it has (fast first); () for one
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """The method whose cache this one reads (itself when it has its own)."""
+        return self.name if self.stored is not None else self.reads
+
+    @property
+    def preppable(self) -> bool:
+        return self.stored is not None
+
+    # -- prep ------------------------------------------------------------------------------------
+    def cache_params(self, cfg) -> Dict[str, Any]:
+        """Settings its numbers depend on beyond the manifest (stored as the kind's params.json)."""
+        return {}
+
+    def work_per_batch(self, session) -> int:
+        """Units of work per batch, for the inner progress bar."""
+        raise NotImplementedError
+
+    def engine_used(self, cfg) -> Optional[str]:
+        """The engine this prep will run (None for a method with one)."""
+        return cfg.prep.engine if self.engines else None
+
+    def runner(self, session, engine: Optional[str]) -> Tuple[Any, Optional[str], Optional[str]]:
+        """What every batch of one prep run reuses, built once: (state, engine, why the engine
+        changed or None)."""
+        return None, engine, None
+
+    def compute(self, session, x, y, k: int, engine: Optional[str], runner: Any, tick: Tick = None) -> Dict[str, np.ndarray]:
+        """The values of one batch (before caching)."""
+        raise NotImplementedError
+
+    def compute_part(self, session, x, y, k: int, rank: int, size: int, engine: Optional[str],
+                     runner: Any) -> Dict[str, np.ndarray]:
+        """Rank `rank` of `size`'s share of one batch, as arrays that sum over the ranks to what
+        `finish_part` turns into the batch's values."""
+        raise NotImplementedError
+
+    def finish_part(self, session, summed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return summed
+
+    def estimate(self, session, forward_seconds: float, engine: Optional[str]) -> Tuple[float, int, Dict[str, int]]:
+        """--dry-run: (seconds per batch, bytes per cached batch file, work per batch)."""
+        raise NotImplementedError
+
+    def batch_meta(self, cfg, engine: Optional[str]) -> Dict[str, Any]:
+        """What a batch's sidecar records about how it was computed."""
+        return {"engine": engine}
+
+    def summary_extra(self, runner: Any) -> Dict[str, Any]:
+        """Method-specific entries of the prep summary."""
+        return {}
+
+    def after_prep(self, combined: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        """Checks on the combined numbers of a prep run: {"negative_singles": n or None, "warning": text}."""
+        return {"negative_singles": None}
+
+    def expected_arrays(self, space: OptionSpace) -> Dict[str, Tuple[int, ...]]:
+        """Name -> shape of every array a cached batch must hold."""
+        raise NotImplementedError
+
+    # -- optimize ---------------------------------------------------------------------------------
+    def make_sensitivities(self, base: Sensitivities) -> Sensitivities:
+        """The combined cache values turned into what the program needs."""
+        raise NotImplementedError
+
+    def solve(self, sens: Sensitivities, budget: Budget, opts: SolveOptions) -> Tuple[SolveResult, float]:
+        """(solver result, predicted loss increase of its decision)."""
+        raise NotImplementedError
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def register(cls):
+    """Class decorator: register one instance of a Method subclass under its name."""
+    METHODS.register(cls.name)(cls())
+    return cls
+
+
+def get_method(name: str) -> Method:
+    return METHODS.get(name)
+
+
+def method_names() -> List[str]:
+    """Every registered method, in registration order."""
+    return METHODS.names(ordered=True)
+
+
+def prep_method_names() -> List[str]:
+    """The methods that have their own cache (the `clado prep` subcommands)."""
+    return [n for n in method_names() if METHODS.get(n).preppable]
+
+
+def stored_kinds() -> List[Stored]:
+    return [METHODS.get(n).stored for n in prep_method_names()]
+
+
+def kind_of(name: str) -> Stored:
+    """The cache directory a method reads (naive: CLADO's)."""
+    return get_method(get_method(name).source).stored
+
+
+def check_cached_arrays(method: Method, space: OptionSpace, values: Dict[str, np.ndarray], where: str) -> None:
+    """Every array the method needs, with its shape, finite; nothing unexpected."""
+    want = method.expected_arrays(space)
+    missing = [n for n in want if n not in values]
+    if missing:
+        raise CacheError(f"{where} lacks the array {missing[0]!r} of the {method.stored.label} "
+                         f"(has {sorted(values) or 'none'}); delete it and re-run clado prep {method.name}")
+    for name, shape in want.items():
+        a = values[name]
+        if tuple(a.shape) != tuple(shape):
+            raise CacheError(f"{where}: array {name!r} has shape {tuple(a.shape)}, expected {tuple(shape)} for "
+                             f"{space.n_layers} decided layers x {len(space.candidates)} widths")
+        if not np.issubdtype(a.dtype, np.number):
+            raise CacheError(f"{where}: array {name!r} holds {a.dtype}, not numbers")
+        if not np.all(np.isfinite(a)):
+            raise CacheError(f"{where}: array {name!r} has {int(np.sum(~np.isfinite(a)))} entries that are not "
+                             f"finite (NaN or inf in the model, the data or the quantizers when it was computed)")
+    extra = sorted(set(values) - set(want))
+    if extra:
+        raise CacheError(f"{where} holds unexpected arrays {extra} for the {method.stored.label}")
+
+
+def load_sensitivities(cache: Cache, method: Method, ks: Optional[Sequence[int]] = None,
+                       combined=None) -> Sensitivities:
+    """One method's numbers over the batches ks (all cached by default). `combined`: the
+    source's `cache.combine(...)` when the caller has it already (clado and naive share it)."""
+    space = space_of(cache.manifest)
+    src = get_method(method.source)
+    vals, samples, batches = combined if combined is not None else combine_checked(cache, src, ks)
+    base = Sensitivities(method=method.name, space=space, samples=samples, batches=list(batches), values=vals)
+    return method.make_sensitivities(base)
+
+
+def combine_checked(cache: Cache, method: Method, ks: Optional[Sequence[int]] = None):
+    """`cache.combine` for a method's own directory, every batch's arrays checked as it is read."""
+    space = space_of(cache.manifest)
+    return cache.combine(method.stored, ks,
+                         check=lambda arrays, path: check_cached_arrays(method, space, arrays, f"cache file {path}"))

@@ -1,0 +1,83 @@
+"""HAWQ-V3: Hutchinson traces of each decided layer's Hessian block, sensitivity
+s(l, b) = t_l / numel(W_l) · ‖Q_b(W_l) − W_l‖², and an integer linear program
+(docs/methods.md, "HAWQ-V3")."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..store import Stored
+from .base import Method, SolveOptions, register
+from .mpqco import LinearSensitivities, solve_linear
+
+
+def hawq_sensitivity(traces: np.ndarray, qerr_sq: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """s(l, b) = t_l / numel(W_l) · ‖Q_b(W_l) − W_l‖²."""
+    return (traces / numel)[:, None] * qerr_sq
+
+
+@dataclass
+class TraceSensitivities(LinearSensitivities):
+    traces: np.ndarray = field(repr=False, default=None)
+
+
+@register
+class Hawq(Method):
+    name = "hawq"
+    help = "HAWQ-V3: Hutchinson trace of each decided layer's Hessian block, per batch."
+    program = "ILP"
+    marker = "^"
+    stored = Stored("hawq", "HAWQ_DELTAL", "HAWQ-V3 traces")
+    prep_flags = ("estimator",)
+    needs_grad = True
+
+    def cache_params(self, cfg):
+        p = cfg.prep
+        return {"estimator": p.hawq_estimator, "max_iter": p.hawq_max_iter, "tol": p.hawq_tol,
+                "probe_seed": cfg.data.seed}
+
+    def work_per_batch(self, session) -> int:
+        return len(session.plan.decided)
+
+    def batch_meta(self, cfg, engine):
+        return {"engine": cfg.prep.hawq_estimator}
+
+    def compute(self, session, x, y, k, engine, runner, tick=None):
+        from ..prep.hawq import hawq_traces
+
+        cfg = session.cfg
+        p = cfg.prep
+        return hawq_traces(session.float_model.requires_grad_(True), session.qmodel, x, y, p.loss, p.hawq_max_iter,
+                           p.hawq_tol, seed=cfg.data.seed * 1_000_003 + k, estimator=p.hawq_estimator, tick=tick)
+
+    def compute_part(self, session, x, y, k, rank, size, engine, runner):
+        """The whole batch on rank 0: its probes are one random stream, so splitting would
+        change the numbers."""
+        if rank == 0:
+            return self.compute(session, x, y, k, engine, runner)
+        L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+        return {"traces": np.zeros(L), "iterations": np.zeros(L), "qerr_sq": np.zeros((L, B)), "numel": np.zeros(L)}
+
+    def finish_part(self, session, summed):
+        return {**summed, "iterations": summed["iterations"].astype(np.int64),
+                "numel": summed["numel"].astype(np.int64)}
+
+    def estimate(self, session, forward_seconds, engine):
+        L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+        p = session.cfg.prep
+        passes = p.hawq_max_iter * (L if p.hawq_estimator == "per-layer" else 1)
+        return passes * forward_seconds * 4, 8 * L * (B + 3) + 300, {"hessian_vector_products_at_most": passes}
+
+    def expected_arrays(self, space):
+        L, B = space.n_layers, len(space.candidates)
+        return {"traces": (L,), "iterations": (L,), "qerr_sq": (L, B), "numel": (L,)}
+
+    def make_sensitivities(self, base):
+        v = base.values
+        numel = np.array(base.space.numel, dtype=np.float64)
+        s = hawq_sensitivity(v["traces"], v["qerr_sq"], numel).reshape(-1)
+        return TraceSensitivities(**{**vars(base), "singles": s}, s=s, traces=v["traces"])
+
+    def solve(self, sens, budget, opts: SolveOptions):
+        return solve_linear(sens, budget, opts)
