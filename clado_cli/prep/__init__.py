@@ -41,8 +41,9 @@ def work_per_batch(session, method: str) -> int:
 
 def prep_runner(session, method: str, engine: str):
     """What the fast engines reuse across every batch of a run, built once per session: the
-    CLADO FastRunner (None when the model cannot be traced: reference engine), the MPQCO
-    weight deltas ΔW(l, b) (B copies of the decided weights). None for everything else."""
+    CLADO FastRunner (None when the model cannot be traced: reference engine; the reason
+    is kept under "clado_refused"), the MPQCO weight deltas ΔW(l, b) (B copies of the decided
+    weights). None for everything else."""
     if engine != "fast" or method not in ("clado", "mpqco"):
         return None
     runners = session.__dict__.setdefault("_prep_runners", {})
@@ -50,7 +51,7 @@ def prep_runner(session, method: str, engine: str):
         qm = session.qmodel
         if method == "clado":
             stack = session.cfg.prep.stack
-            runners[method] = make_runner(qm, max_batch=None if stack == "auto" else stack)
+            runners[method], runners["clado_refused"] = make_runner(qm, max_batch=None if stack == "auto" else stack)
         else:
             from .mpqco import weight_deltas
 
@@ -109,7 +110,8 @@ def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine
     runner = prep_runner(session, method, engine)
     if method == "clado" and engine == "fast":
         if runner is None:
-            warn("the model cannot be traced by torch.fx; CLADO prep uses the reference engine")
+            why = session.__dict__["_prep_runners"]["clado_refused"]
+            warn(f"the model cannot be traced by torch.fx ({why}); CLADO prep uses the reference engine")
             engine = "reference"
     if method == "mpqco" or method == "hawq":
         session.float_model.requires_grad_(True)
