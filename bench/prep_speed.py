@@ -231,7 +231,7 @@ def bench_clado(m, args) -> dict:
         qm.set_cached(True)
         qm.reset()
     t = time.perf_counter()
-    runner = make_runner(qm)
+    runner, _ = make_runner(qm)
     build = time.perf_counter() - t
     res = {"decided_layers": L, "widths": B, "measurements_per_batch": count,
            "runner": type(runner).__name__, "runner_build_s": round(build, 3), "persistent_MB": mb(persistent)}
@@ -273,7 +273,7 @@ def bench_clado(m, args) -> dict:
         # the --stack trade-off: the same engine with N perturbations per pass at every layer
         # (same numbers), against auto, timed alternately like the engines above
         runners = {"auto": runner}
-        runners.update({str(int(v)): make_runner(qm, max_batch=int(v)) for v in args.stacks.split(",")})
+        runners.update({str(int(v)): make_runner(qm, max_batch=int(v))[0] for v in args.stacks.split(",")})
         for r in runners.values():
             clado_fast(qm, x, y, runner=r)                   # verification pass
         timings = best_of(args.reps if "embedded" in m["key"] else 1,

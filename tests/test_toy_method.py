@@ -28,7 +28,7 @@ class LogitMse(Method):
         return {"reduction": "mean"}
 
     def work_per_batch(self, session):
-        return len(session.qmodel.options())
+        return len(session.qmodel.options)
 
     @torch.no_grad()
     def compute(self, session, x, y, k, engine, runner, tick=None):
@@ -36,7 +36,7 @@ class LogitMse(Method):
         qm.reset()
         base = qm(x)
         out = []
-        for opt in qm.options():
+        for opt in qm.options:
             qm.apply([opt])
             out.append(float(((qm(x) - base) ** 2).mean()))
             if tick:
@@ -46,7 +46,7 @@ class LogitMse(Method):
         return {"s": np.array(out).reshape(L, B)}
 
     def estimate(self, session, forward_seconds, engine):
-        n = len(session.qmodel.options())
+        n = len(session.qmodel.options)
         return n * forward_seconds, 8 * n + 300, {"forward_passes": n + 1}
 
     def expected_arrays(self, space):

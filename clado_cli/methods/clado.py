@@ -56,9 +56,9 @@ class Clado(Method):
         from ..prep.clado import make_runner
 
         stack = session.cfg.prep.stack
-        runner = make_runner(session.qmodel, max_batch=None if stack == "auto" else stack)
+        runner, why = make_runner(session.qmodel, max_batch=None if stack == "auto" else stack)
         if runner is None:
-            return None, "reference", "the model cannot be traced by torch.fx; CLADO prep uses the reference engine"
+            return None, "reference", f"the model cannot be traced by torch.fx ({why}); CLADO prep uses the reference engine"
         return runner, engine, None
 
     def compute(self, session, x, y, k, engine, runner, tick=None):

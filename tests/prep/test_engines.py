@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clado_cli.config import LayersConfig, QuantConfig
-from clado_cli.prep.clado import (BranchingRunner, FastRunner, clado_fast, clado_reference, make_runner,
-                                  measurement_count)
+from clado_cli.prep.clado import (BranchingRunner, FastRunner, NotTraceable, clado_fast, clado_reference,
+                                  make_runner, measurement_count)
 from clado_cli.quant.layers import plan_layers
 from clado_cli.quant.model import QuantModel
 
@@ -136,7 +136,7 @@ def test_fast_equals_reference_on_embedded_model(shared_session, loss):
     s = shared_session
     qm = s.qmodel
     x, y = s.sensitivity_batch(0)
-    runner = make_runner(qm)
+    runner, _ = make_runner(qm)
     assert isinstance(runner, FastRunner)
     ref = clado_reference(qm, x, y, loss)
     _check(qm, x, y, loss, ref=ref, runner=runner)
@@ -152,7 +152,7 @@ def test_fast_equals_reference_with_branches_residuals_and_subclasses(loss):
     qm, x, y = _qmodel(BranchyNet())
     names = [q.name for q in qm.decided]
     assert {"inc1.a", "inc1.b", "inc1.dw", "sub", "fc1"} <= set(names)
-    runner = make_runner(qm)
+    runner, _ = make_runner(qm)
     assert isinstance(runner, FastRunner)
     ref = clado_reference(qm, x, y, loss)
     for mb in (None, 1, 2, 9):
@@ -165,7 +165,7 @@ def test_fast_equals_reference_with_branches_residuals_and_subclasses(loss):
 
 def test_batch_mixing_model_is_detected_and_still_exact():
     qm, x, y = _qmodel(BranchyNet(mix_batch=True))
-    runner = make_runner(qm)
+    runner, _ = make_runner(qm)
     ref = clado_reference(qm, x, y, "ce")
     _check(qm, x, y, "ce", ref=ref, runner=runner, max_batch=9)
     assert False in runner.stack_ok               # stacked passes disagreed, layers run one by one
@@ -175,15 +175,17 @@ def test_batch_mixing_model_is_detected_and_still_exact():
 def test_shared_decided_layer_uses_the_branching_runner():
     qm, x, y = _qmodel(SharedNet(), classes=4)
     assert "shared" in [q.name for q in qm.decided]
-    runner = make_runner(qm)
+    runner, _ = make_runner(qm)
     assert isinstance(runner, BranchingRunner)
     _check(qm, x, y, "ce", runner=runner)
 
 
 def test_inplace_op_on_an_aliased_value_is_refused():
     qm, x, y = _qmodel(AliasedInplace(), classes=3)
-    assert make_runner(qm) is None                # the caller falls back to the reference engine
-    with pytest.raises(RuntimeError):
+    runner, why = make_runner(qm)
+    assert runner is None                         # the caller falls back to the reference engine
+    assert "in-place op" in why and "add_" in why # and says why
+    with pytest.raises(NotTraceable, match="in-place op"):
         clado_fast(qm, x, y)
 
 
@@ -191,7 +193,7 @@ def test_fast_runner_frees_values_between_steps(shared_session):
     s = shared_session
     qm = s.qmodel
     x, y = s.sensitivity_batch(0)
-    runner = make_runner(qm, max_batch=1)
+    runner, _ = make_runner(qm, max_batch=1)
     clado_fast(qm, x, y, runner=runner)
     runner.probe(x)
     # only a cut of the graph stays alive: far less than every activation of the trunk
@@ -210,7 +212,7 @@ def test_auto_stacking_keeps_peak_memory_within_2x_of_the_reference(shared_sessi
     s = shared_session
     qm = s.qmodel
     x, y = s.sensitivity_batch(0)
-    runner = make_runner(qm)
+    runner, _ = make_runner(qm)
     clado_fast(qm, x, y, runner=runner)            # first batch: verifies the stacked passes
     stacks = runner.stats["stack_per_layer"]
     assert all(1 <= m <= 9 for m in stacks) and stacks[0] < stacks[-1]
@@ -219,7 +221,7 @@ def test_auto_stacking_keeps_peak_memory_within_2x_of_the_reference(shared_sessi
     S = persistent_bytes(qm)
     assert 0 < fast <= 2 * ref
     assert S + fast <= 2 * (S + ref)
-    wide = make_runner(qm, max_batch=9)
+    wide, _ = make_runner(qm, max_batch=9)
     clado_fast(qm, x, y, runner=wide)
     _, fast9 = tensor_peak(lambda: clado_fast(qm, x, y, runner=wide))
     assert fast9 > 2 * ref
@@ -368,7 +370,7 @@ def test_hawq_estimators_match_exact_hessian_probe_by_probe():
 def test_rows_partition_sums_to_the_full_matrix(model):
     qm, x, y = _qmodel(BranchyNet()) if model == "branchy" else _qmodel(SharedNet(), classes=4)
     L = len(qm.decided)
-    runner = make_runner(qm)
+    runner, _ = make_runner(qm)
     full = clado_fast(qm, x, y, runner=runner)["Ltilde"]
     parts = [[l for l in range(L) if l % 2 == r] for r in range(2)]
     fast = sum(clado_fast(qm, x, y, runner=runner, rows=p)["Ltilde"] for p in parts)
