@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .batchrange import check_batch_range
 from .errors import ConfigError, InputError, UsageError
-from .methods.base import method_names  # (importing it runs methods/__init__, which registers every method)
+from .methods.base import method_names
+from .plaindata import check_plain  # (importing it runs methods/__init__, which registers every method)
 
 OBSERVERS = ["MSEObserver", "EMAMSEObserver", "MinMaxObserver", "EMAMinMaxObserver",
              "EMAQuantileObserver", "ClipStdObserver", "KLDObserver"]
@@ -86,8 +87,9 @@ class QuantConfig(_Section):
     def _candidates(cls, v: List[int]) -> List[int]:
         if not v:
             raise ValueError("needs at least one width")
-        if any(b < 1 or b > 16 for b in v):
-            raise ValueError("widths must lie in 1..16")
+        if any(b < 2 or b > 16 for b in v):
+            # 1 bit: a symmetric 1-bit grid is {-1, 0}·scale, which maps every positive weight to 0
+            raise ValueError("widths must lie in 2..16 (a symmetric 1-bit quantizer maps every positive weight to 0)")
         if len(set(v)) != len(v):
             raise ValueError("widths must be distinct")
         return sorted(v)
@@ -195,6 +197,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[s
             raise InputError(f"cannot read config file {p}: {exc.strerror or exc}") from None
         try:
             loaded = yaml.safe_load(text)
+        except RecursionError:
+            raise ConfigError(f"{p}: nested too deeply to read") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -203,7 +207,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[s
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        raw = loaded
+        raw = check_plain(loaded, str(p), ConfigError)
+    check_plain(dict(overrides or {}), where, ConfigError)
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

@@ -2,6 +2,7 @@
 decision record (schema and files: clado_cli/decisions.py)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -101,14 +102,15 @@ def resolve_budgets(space, size_budget: Optional[str] = None, avg_bits: Optional
     return [resolve_budget(size_budget, avg_bits, numel)]
 
 
-def batch_list(sb: Optional[int], eb: Optional[int]) -> Optional[List[int]]:
-    """sb..eb as a list; None for "every cached batch"."""
+def batch_list(sb: Optional[int], eb: Optional[int]) -> Optional[range]:
+    """sb..eb (a range: checked against the cache before it is ever listed); None for "every
+    cached batch"."""
     if (sb is None) != (eb is None):
         raise UsageError("give both sb and eb, or neither (all cached batches)", params=("sb", "eb"))
     if sb is None:
         return None
     check_batch_range(sb, eb)
-    return list(range(sb, eb + 1))
+    return range(sb, eb + 1)
 
 
 def methods_to_solve(cache: Cache, methods: Optional[Sequence[str]]) -> List[str]:
@@ -124,3 +126,23 @@ def methods_to_solve(cache: Cache, methods: Optional[Sequence[str]]) -> List[str
         raise InputError(f"cache {cache.fingerprint} holds no sensitivities yet (run clado prep METHOD, "
                          f"METHOD one of {', '.join(prep_method_names())})")
     return found
+
+
+def config_for_cache(cfg_dict: Dict[str, Any], cache: Cache) -> Dict[str, Any]:
+    """The config a decision records: `cfg_dict` with every setting the cache's manifest fixes
+    taken from the manifest (a cache opened by path may come from another config), and the
+    cache's own directory as cache_dir."""
+    m = cache.manifest
+    out = json.loads(json.dumps(cfg_dict))
+    out.setdefault("model", {}).update({k: m["model"][k] for k in ("name", "weights") if k in m.get("model", {})})
+    out.setdefault("data", {}).update({k: v for k, v in m.get("data", {}).items() if k in out["data"]})
+    if "quant" in m:
+        out["quant"] = m["quant"]
+    layers = m.get("layers", {})
+    for k in ("fixed_weight_bits", "fixed_activation_bits"):
+        if k in layers:
+            out.setdefault("layers", {})[k] = layers[k]
+    if "loss" in m:
+        out.setdefault("prep", {})["loss"] = m["loss"]
+    out["cache_dir"] = str(cache.root.parent)
+    return out

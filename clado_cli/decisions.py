@@ -41,14 +41,18 @@ def validate_decision(d: Any, where: str = "decision") -> Dict[str, Any]:
 
 
 def read_decision(path) -> Dict[str, Any]:
+    from .plaindata import load_json_text
+
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"decision file not found: {p}")
+    if "\x00" in str(path) or not p.is_file():
+        raise InputError(f"decision file not found: {str(path)!r}")
     try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"decision file {p} is not valid JSON: {exc}") from None
-    return validate_decision(d, str(p))
+        text = p.read_text()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"decision file {p} is not valid JSON: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise InputError(f"cannot read decision file {p}: {exc.strerror or exc}") from None
+    return validate_decision(load_json_text(text, f"decision file {p}", InputError), str(p))
 
 
 def decision_file_name(d: Mapping[str, Any]) -> str:
@@ -85,11 +89,30 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
+# keys of a decision's embedded config that a shared file must not set: where clado writes
+# (the cache) is the user's choice, never the file's
+UNTRUSTED_KEYS = ("cache_dir",)
+
+
 def config_of_decision(d: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None,
                        flags: Optional[Mapping[str, str]] = None, where: str = "decision"):
-    """The config a decision was made with (its `config`), dotted `overrides` on top."""
-    from .config import load_config
+    """The set-up a decision was made with (its `config`), as far as a data file may choose it,
+    with dotted `overrides` (the user's flags) on top.
 
+    A decision is a file people share, so opening one must never run code or write where the
+    user did not choose: a model given as a factory (`file.py:fn`, `pkg.mod:fn`) is refused
+    unless the user names that model in `overrides["model.name"]`, and the cache directory is
+    the user's (`overrides["cache_dir"]` or the default), never the file's."""
+    from .config import Config, load_config
+    from .errors import UsageError
+
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     flat = flatten(d["config"])
-    flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key in UNTRUSTED_KEYS:
+        flat.pop(key, None)
+    model = flat.get("model.name", Config().model.name)
+    if isinstance(model, str) and ":" in model and overrides.get("model.name") != model:
+        raise UsageError(f"{where} names the factory {model!r} to build its network, which would import and run "
+                         f"code: pass it yourself (model {model}, or a config) if you trust it", params=("model",))
+    flat.update(overrides)
     return load_config(None, flat, flags=flags, where=f"{where}: config")

@@ -27,6 +27,9 @@ def evaluate_current(session, limit: Optional[int] = None) -> Dict[str, Any]:
                              limit, d.workers):
         x, y = x.to(session.device), y.to(session.device)
         logits = qm(x)
+        if not bool(torch.isfinite(logits).all()):
+            raise InputError(f"the model's output is NaN or inf on the evaluation split (images {n}..{n + len(y) - 1}): "
+                             f"check the data for NaN pixels and the decision's widths")
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
@@ -51,10 +54,23 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
     if fp != session.fingerprint:
         raise InputError(f"{where} was made for another model or config (cache fingerprint {fp}, "
                          f"this config's is {session.fingerprint})")
-    cands = session.cfg.quant.weight_candidates
+    cfg = session.cfg
+    cands = cfg.quant.weight_candidates
     for name, spec in decision["layers"].items():
         if spec["w_bits"] not in cands:
             raise InputError(f"{where}: layer {name} has w_bits {spec['w_bits']}, not one of the candidates {cands}")
+        if spec["a_bits"] != cfg.quant.activation_bits:
+            raise InputError(f"{where}: layer {name} has a_bits {spec['a_bits']}, but its input activations are "
+                             f"quantized at {cfg.quant.activation_bits} bits in this set-up")
+    fixed = {l.name for l in session.plan.fixed}
+    if set(decision["fixed_layers"]) != fixed:
+        odd = sorted(set(decision["fixed_layers"]) ^ fixed)
+        raise InputError(f"{where}: its fixed layers differ from this model's (first difference: {odd[0]!r})")
+    want = (cfg.layers.fixed_weight_bits, cfg.layers.fixed_activation_bits)
+    for name, spec in decision["fixed_layers"].items():
+        if (spec["w_bits"], spec["a_bits"]) != want:
+            raise InputError(f"{where}: fixed layer {name} has w_bits/a_bits {spec['w_bits']}/{spec['a_bits']}, but "
+                             f"fixed layers are at {want[0]}/{want[1]} bits in this set-up")
 
 
 def sizes_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, float]:
@@ -76,6 +92,8 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
             "label": f"{decision['method']} @ {decision['budget']['given']}",
             **metrics, "sizes": sizes_for(session, bits),
             "predicted_loss_increase": decision.get("predicted_loss_increase"),
+            "measured_loss_increase": (decision.get("measured") or {}).get("sensitivity", {}).get("loss_increase"),
+            "held_out_loss_increase": ((decision.get("measured") or {}).get("held_out") or {}).get("loss_increase"),
             "solver": {k: decision["solver"].get(k) for k in ("solver", "status", "optimal", "gap")},
             "warnings": decision.get("warnings", []),
             "provenance": {"fingerprint": decision["cache"]["fingerprint"], "batches": decision["cache"]["batches"],

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
 from .console import log
-from .errors import UsageError
+from .errors import EnvironmentProblem, UsageError
 from .optimize import OptionSpace, check_budget, resolve_budget_spec
 
 
@@ -18,12 +18,16 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     from .decisions import decision_file_name, write_decisions
     from .evaluate import evaluate_decision, evaluate_uniform
     from .jsonio import write_json
+    from .measure import measure_decision
     from .methods import get_method
     from .plots import pareto_plot
     from .prep import run_prep
 
     cfg = session.cfg
     t0 = time.time()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EnvironmentProblem(f"output directory {out_dir} is a file")
     methods = list(methods or cfg.optimize.methods)
     for m in methods:
         get_method(m)  # an unknown name is a usage error before any work
@@ -48,6 +52,10 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     rows: List[Dict[str, Any]] = []
     log("evaluate float and uniform baselines")
     rows += evaluate_uniform(session, uniform if uniform is not None else cfg.quant.weight_candidates)
+    log("measure each decision's loss increase (sensitivity and held-out batches)")
+    for d in decisions:
+        d["measured"] = measure_decision(session, d)
+        d["warnings"] += d["measured"]["warnings"]
     write_decisions(out_dir / "decisions", decisions, session.fingerprint)
     for d in decisions:
         rows.append(evaluate_decision(session, d, where=decision_file_name(d)))

@@ -72,6 +72,10 @@ def _save(fig, path: Path) -> None:
 
     from .store import atomic_write
 
+    from .errors import UsageError
+
+    if Path(path).suffix.lower() != ".png":
+        raise UsageError(f"figure {path}: clado writes PNG figures; give a file name ending in .png")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write(Path(path), buf.getvalue())

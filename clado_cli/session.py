@@ -11,8 +11,8 @@ import torch
 from . import __version__
 from .config import Config
 from .batchrange import check_batch_range
-from .console import log
-from .errors import EnvironmentProblem, UsageError
+from .console import log, progress
+from .errors import EnvironmentProblem, InputError, UsageError
 from .store import Cache, fingerprint_of
 
 CACHE_FORMAT = 1
@@ -25,6 +25,19 @@ def resolve_device(name: str) -> torch.device:
         raise EnvironmentProblem("device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False)",
                                  params=("device",))
     return torch.device(name)
+
+
+def check_finite_weights(model: torch.nn.Module, name: str) -> None:
+    """NaN or inf in a model's parameters or buffers would flow into every number: refuse them."""
+    for key, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise InputError(f"model {name}: {key} has {bad} values that are NaN or inf")
+
+
+def check_finite_batch(x: torch.Tensor, what: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise InputError(f"{what} has {int((~torch.isfinite(x)).sum())} pixel values that are NaN or inf")
 
 
 class Session:
@@ -64,7 +77,9 @@ class Session:
 
     @cached_property
     def float_model(self) -> torch.nn.Module:
-        return self._build_float(self.data).to(self.device).eval()
+        model = self._build_float(self.data).to(self.device).eval()
+        check_finite_weights(model, self.cfg.model.name)
+        return model
 
     @cached_property
     def example_input(self) -> torch.Tensor:
@@ -75,14 +90,34 @@ class Session:
     def plan(self):
         from .quant.layers import plan_layers
 
+        model = self.float_model   # built (and, the embedded one, trained) outside no_grad
         try:
-            return plan_layers(self.float_model, self.example_input, self.cfg.layers)
+            with torch.no_grad():
+                out = model(self.example_input)
+            self._check_output(out)
+            plan = plan_layers(model, self.example_input, self.cfg.layers)
         except UsageError:
             raise
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise UsageError(f"model {self.cfg.model.name} cannot run on {self.cfg.data.dataset} "
                              f"inputs of shape {tuple(self.example_input.shape[1:])}: {first}") from None
+        return plan
+
+    def _check_output(self, out) -> None:
+        """The model must return [batch, classes] logits covering the data's labels: checked once,
+        up front, instead of failing after calibration."""
+        name = self.cfg.model.name
+        if not isinstance(out, torch.Tensor):
+            raise UsageError(f"model {name} returns a {type(out).__name__}, not a tensor of logits: wrap it so that "
+                             f"forward returns the logits")
+        if out.dim() != 2 or out.shape[0] != self.example_input.shape[0]:
+            raise UsageError(f"model {name} returns shape {tuple(out.shape)} for a batch of "
+                             f"{self.example_input.shape[0]}: clado needs [batch, classes] logits")
+        classes = self.data.num_classes
+        if classes and out.shape[1] < classes:
+            raise UsageError(f"model {name} has {out.shape[1]} outputs but {self.cfg.data.dataset} has {classes} "
+                             f"classes (labels 0..{classes - 1}); set model.num_classes or use a matching model")
 
     @cached_property
     def weights_hash(self) -> str:
@@ -93,11 +128,14 @@ class Session:
     @cached_property
     def manifest(self) -> Dict[str, Any]:
         """Everything the cached numbers depend on; its hash names the cache directory."""
+        from .models import canonical_name
+
         c = self.cfg
         return {
             "format": CACHE_FORMAT,
             "clado_version": __version__,
-            "model": {"name": c.model.name, "weights": c.model.weights, "weights_sha256": self.weights_hash},
+            "model": {"name": canonical_name(c.model.name), "weights": c.model.weights,
+                      "weights_sha256": self.weights_hash},
             "data": {"dataset": c.data.dataset, "bs": c.data.bs, "seed": c.data.seed,
                      "calibration_size": c.data.calibration_size, "image_size": c.data.image_size},
             "quant": c.quant.model_dump(mode="json"),
@@ -135,9 +173,21 @@ class Session:
                 state = self.cache.load_quant_state()
                 if state is None:
                     self.log(f"calibrating quantizers on {c.data.calibration_size} training images")
-                    batches = (x for x, _ in calibration_batches(self.data.train, c.data.calibration_size,
-                                                                 c.data.bs, c.data.seed, c.data.workers))
-                    qm.calibrate(batches, self.device)
+                    n = min(c.data.calibration_size, len(self.data.train))
+                    with progress() as bar:
+                        task = bar.add_task("calibration batches", total=-(-n // c.data.bs))
+
+                        def batches():
+                            for x, _ in calibration_batches(self.data.train, c.data.calibration_size,
+                                                            c.data.bs, c.data.seed, c.data.workers):
+                                yield x
+                                bar.advance(task)
+
+                        qm.calibrate(batches(), self.device)
+                    bad = [k for k, v in qm.quant_state().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+                    if bad:
+                        raise InputError(f"calibration gave non-finite quantizer parameters ({bad[0]}): the "
+                                         f"calibration images or the model's activations hold NaN or inf")
                     self.cache.save_quant_state(qm.quant_state())
         if state is not None:
             qm.load_quant_state(state)
@@ -148,6 +198,7 @@ class Session:
 
         d = self.cfg.data
         x, y = sensitivity_batch(self.data.train, k, d.bs, d.seed, d.workers)
+        check_finite_batch(x, f"sensitivity batch {k} of {d.dataset}")
         return x.to(self.device), y.to(self.device)
 
     def check_batch_range(self, sb: int, eb: int) -> None:

@@ -156,6 +156,11 @@ def _weights(ctx: Ctx, kind: str) -> Path:
         torch.save({"model": torch.nn.Linear(2, 2), "epoch": 3}, p)  # a whole module: needs pickle
     elif kind == "raw-pickle":  # not a torch file at all: a bare pickle of a dict
         p.write_bytes(pickle.dumps({k: v.numpy() for k, v in sd.items()}, protocol=4))
+    elif kind == "nan":
+        name = next(k for k, v in sd.items() if v.dim() == 4)
+        sd[name] = sd[name].clone()
+        sd[name].view(-1)[3] = float("nan")
+        torch.save(sd, p)
     elif kind == "garbage-safetensors":
         p = ctx.tmp / "weights.safetensors"
         p.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
@@ -164,6 +169,49 @@ def _weights(ctx: Ctx, kind: str) -> Path:
 
 def _batch(ctx: Ctx, method_dir: str = "Ltilde", k: int = 0) -> Path:
     return ctx.cache / method_dir / f"batch_{k:05d}.npz"
+
+
+def _rewrite_batch(ctx: Ctx, edit: Callable[[dict], None], method_dir: str = "Ltilde") -> None:
+    """Change a cached batch's arrays and give it a matching checksum, as a careless or hostile
+    edit would: the checksum alone then cannot catch it."""
+    import io
+
+    import numpy as np
+
+    p = _batch(ctx, method_dir)
+    with np.load(p, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    edit(arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    p.write_bytes(buf.getvalue())
+    _edit_json(p.with_suffix(".json"), lambda s: s.update(sha256=hashlib.sha256(buf.getvalue()).hexdigest()))
+
+
+def _rename_array(a: dict) -> None:
+    a["Lt"] = a.pop("Ltilde")
+
+
+def _nan_entry(a: dict) -> None:
+    a["Ltilde"] = a["Ltilde"].copy()
+    a["Ltilde"][0, 0] = float("nan")
+
+
+def _clado_home_file(mp) -> None:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="clado-home-is-a-file-")
+    os.close(fd)
+    mp.setenv("CLADO_HOME", path)
+
+
+def _images_link_outside(ctx: Ctx) -> List[str]:
+    root = ctx.tmp / "imgs"
+    root.mkdir()
+    outside = ctx.tmp / "elsewhere"
+    outside.mkdir()
+    (root / "away").symlink_to(outside, target_is_directory=True)
+    return ["layers", "--model", "resnet18", "--weights", "none", "--data", f"images:{root}", "-q"]
 
 
 def _truncate(p: Path) -> None:
@@ -396,6 +444,48 @@ CASES = [
          ENVIRONMENT, r"cannot write .*not-a-dir/d\.json"),
     Case("device-cuda-without-gpu", _prep("--device", "cuda"), ENVIRONMENT, r"--device cuda: no CUDA GPU",
          marks=[NO_GPU]),
+    # --- hardening, round 2 (issue 13): one case per class ---
+    Case("decision-factory-not-run", lambda x: ["evaluate", x.decision_with(
+        lambda d: d["config"]["model"].update(name=str(x.tmp / "evil.py") + ":build")), "-q", "-o", x.out],
+         USAGE, r"names the factory .*evil\.py:build.*--model .*evil\.py:build"),
+    Case("cache-batch-arrays-renamed", lambda x: (_rewrite_batch(x, _rename_array), _opt("--avg-bits", "4")(x))[1],
+         INPUT, r"Ltilde/batch_00000\.npz lacks the array 'Ltilde' of the CLADO sensitivities"),
+    Case("cache-batch-nan", lambda x: (_rewrite_batch(x, _nan_entry), _opt("--avg-bits", "4")(x))[1],
+         INPUT, r"array 'Ltilde' has 1 entries that are not finite"),
+    Case("cache-verify-checks-content", lambda x: (_rewrite_batch(x, _rename_array),
+                                                   ["cache", "verify", "--cache-dir", x.cache_dir])[1],
+         INPUT, r"failed verification: .*lacks the array 'Ltilde'"),
+    Case("cache-sidecar-n-not-int", lambda x: (_edit_json(_batch(x).with_suffix(".json"),
+                                                          lambda s: s.update(n="lots")), _opt("--avg-bits", "4")(x))[1],
+         INPUT, r"sidecar says 'lots'"),
+    Case("cache-verify-missing-dir", lambda x: ["cache", "verify", "--cache-dir", x.tmp / "missing"], INPUT,
+         r"cache directory not found"),
+    Case("weights-nan", lambda x: _prep("--weights", _weights(x, "nan"))(x), INPUT, r"NaN or inf"),
+    Case("optimize-eb-huge", _opt("--avg-bits", "4", "--sb", "0", "--eb", str(10 ** 12)), INPUT,
+         r"batches 0\.\.1000000000000 of the CLADO sensitivities are not cached"),
+    Case("optimize-sb-negative", _opt("--avg-bits", "4", "--sb", "-1", "--eb", "0"), USAGE,
+         r"--sb \(-1\) must be 0 or more"),
+    Case("run-unknown-method", lambda x: ["run", *x.c(), "--methods", "clado,foo", "--budgets", "avg:4",
+                                          "--out-dir", x.tmp / "run"], USAGE, r"unknown method 'foo'"),
+    Case("run-infeasible-budget-before-prep", lambda x: ["run", *x.c(), "--methods", "hawq", "--budgets", "1B",
+                                                         "--out-dir", x.tmp / "run"], USAGE, r"budget"),
+    Case("run-out-dir-is-a-file", lambda x: ["run", *x.c(), "--budgets", "avg:4",
+                                             "--out-dir", x.write("plain-file", "x")], ENVIRONMENT, r"is a file"),
+    Case("prep-dry-run-shard-owns-nothing", _prep("--sb", "0", "--eb", "0", "--shard", "1/2", "--dry-run"), USAGE,
+         r"owns none of batches 0\.\.0"),
+    Case("config-nested-deeply", _yaml("data: " + "[" * 3000 + "]" * 3000 + "\n"), USAGE, r"nested"),
+    Case("config-integer-beyond-64-bits", _yaml("data:\n  bs: 1" + "0" * 30 + "\n"), USAGE, r"beyond 64 bits"),
+    Case("config-nul-in-path", _yaml('cache_dir: "cache\\0x"\n'), USAGE, r"NUL character"),
+    Case("config-width-1", _yaml("quant:\n  weight_candidates: [1, 2]\n"), USAGE, r"widths must lie in 2\.\.16"),
+    Case("heatmap-not-png", lambda x: ["inspect", *x.c(), "--heatmap", x.tmp / "out" / "h.txt"], USAGE,
+         r"give a file name ending in \.png"),
+    Case("decision-fixed-bits-not-int", _eval_decision(
+        lambda d: next(iter(d["fixed_layers"].values())).update(w_bits="lots")), INPUT, r"not a valid clado decision"),
+    Case("decision-a-bits-edited", _eval_decision(
+        lambda d: next(iter(d["layers"].values())).update(a_bits=4)), INPUT, r"has a_bits 4"),
+    Case("clado-home-is-a-file", lambda x: ["layers", "--model", "embedded", "-q"], ENVIRONMENT,
+         r"CLADO_HOME", patch=_clado_home_file),
+    Case("images-link-outside", _images_link_outside, INPUT, r"links outside the data directory"),
 ]
 
 

@@ -12,6 +12,7 @@ from clado_cli.evaluate import evaluate_current, evaluate_decision, evaluate_uni
 def _decision(session, bits):
     return {"method": "clado", "budget": {"given": "x", "bytes": 1},
             "layers": {n: {"w_bits": bits, "a_bits": 8} for n in session.plan.decided_names},
+            "fixed_layers": {l.name: {"w_bits": 8, "a_bits": 8} for l in session.plan.fixed},
             "cache": {"fingerprint": session.fingerprint, "batches": [0], "samples": 16},
             "solver": {"solver": "test", "status": "optimal", "optimal": True, "gap": 0.0},
             "predicted_loss_increase": 0.0, "warnings": []}

@@ -52,7 +52,7 @@ VALID_CONFIG = _opt(
     model=_opt(name=st.sampled_from(["embedded", "resnet18", "pkg.mod:make", "net.py:build"]),
                weights=st.sampled_from(["DEFAULT", "none", "weights.pt"]), num_classes=st.none() | POS),
     data=_data_section(),
-    quant=_opt(weight_candidates=st.lists(st.integers(1, 16), min_size=1, max_size=6, unique=True),
+    quant=_opt(weight_candidates=st.lists(st.integers(2, 16), min_size=1, max_size=6, unique=True),
                activation_bits=st.integers(2, 16), weight=QUANTIZER, activation=QUANTIZER),
     layers=_opt(include=st.lists(TEXT, max_size=3), exclude=st.lists(TEXT, max_size=3),
                 fix_first_last=st.booleans(), fixed=st.lists(TEXT, max_size=3),
@@ -133,10 +133,10 @@ def _config_with_an_unknown_key(draw):
     where = draw(st.sampled_from([None] + sections))
     if where is None:
         assume(key not in Config.model_fields)
-        raw[key] = draw(st.integers() | TEXT)
+        raw[key] = draw(st.integers(-2 ** 63, 2 ** 63 - 1) | TEXT)
         return raw, key
     assume(key not in type(getattr(Config(), where)).model_fields)
-    raw.setdefault(where, {})[key] = draw(st.integers() | TEXT)
+    raw.setdefault(where, {})[key] = draw(st.integers(-2 ** 63, 2 ** 63 - 1) | TEXT)
     return raw, f"{where}.{key}"
 
 

@@ -115,9 +115,9 @@ def _seed_calibration(src: Path, cache_dir: Path) -> None:
 
 
 def _data_files(root: Path) -> Dict[str, Path]:
-    """Every file of a fingerprint directory that is data (not a lock, not a temp file)."""
+    """Every file of a fingerprint directory that is data (not a lock or its holder note, not a temp file)."""
     return {str(p.relative_to(root)): p for p in root.rglob("*")
-            if p.is_file() and not p.name.endswith(".lock") and ".tmp" not in p.name}
+            if p.is_file() and not p.name.endswith((".lock", ".holder")) and ".tmp" not in p.name}
 
 
 def assert_same_cache(got: Path, want: Path) -> None:

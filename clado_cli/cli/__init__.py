@@ -77,4 +77,10 @@ app.add_typer(cache_cmd.app, name="cache")
 
 
 def main():
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:   # between commands' own boundaries (argument parsing, help)
+        from .common import error_line
+
+        error_line("interrupted")
+        sys.exit(130)

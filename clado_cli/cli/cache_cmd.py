@@ -48,13 +48,15 @@ def verify(cache_dir: Path = typer.Option(Path(".clado-cache"), "--cache-dir", h
 
     Example: clado cache verify --cache-dir .clado-cache
     """
-    from ..errors import CacheError
-    from ..methods import stored_kinds
+    from ..errors import CacheError, InputError
+    from ..methods import content_check, stored_kinds
     from ..store import list_caches
 
+    if not Path(cache_dir).is_dir():
+        raise InputError(f"cache directory not found: {cache_dir}")
     report = []
     for c in list_caches(cache_dir):
-        report.append({"fingerprint": c.fingerprint, "problems": c.verify(stored_kinds()),
+        report.append({"fingerprint": c.fingerprint, "problems": c.verify(stored_kinds(), content_check(c)),
                        "stray_temp_files": [str(p) for p in c.stray_temp_files()]})
     bad = [r for r in report if r["problems"]]
     if as_json:
@@ -79,10 +81,10 @@ def merge(sources: List[Path] = typer.Argument(..., help="Fingerprint directorie
 
     Example: clado cache merge shard0/.clado-cache/3f2a... shard1/.clado-cache/3f2a... --into .clado-cache
     """
-    from ..methods import stored_kinds
-    from ..store import merge_caches
+    from ..methods import content_check, stored_kinds
+    from ..store import Cache, merge_caches
 
-    report = merge_caches(sources, into, stored_kinds())
+    report = merge_caches(sources, into, stored_kinds(), content_check(Cache.from_dir(sources[0])))
     if as_json:
         print_json(report)
     else:

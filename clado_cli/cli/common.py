@@ -57,17 +57,29 @@ def boundary(fn):
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130)
+        except RecursionError:
+            error_line("input nested too deeply to read")
+            raise typer.Exit(3)
+        except ValueError as exc:
+            if "null byte" not in str(exc):
+                return _unexpected(exc)
+            error_line("a path given holds a NUL character")
+            raise typer.Exit(2)
         except Exception as exc:  # a bug or an unexpected library failure: still one line
-            if os.environ.get("CLADO_DEBUG"):
-                traceback.print_exc()
-            first = (str(exc).strip().splitlines() or [""])[0]
-            if "out of memory" in first.lower():
-                error_line(f"out of memory on the device: {first} (try a smaller --bs)")
-                raise typer.Exit(5)
-            error_line(f"{type(exc).__name__}: {first} (set CLADO_DEBUG=1 for the traceback)")
-            raise typer.Exit(1)
+            return _unexpected(exc)
 
     return wrapper
+
+
+def _unexpected(exc: BaseException):
+    if os.environ.get("CLADO_DEBUG"):
+        traceback.print_exception(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, MemoryError) or "out of memory" in first.lower():
+        error_line(f"out of memory: {first or type(exc).__name__} (try a smaller --bs)")
+        raise typer.Exit(5)
+    error_line(f"{type(exc).__name__}: {first} (set CLADO_DEBUG=1 for the traceback)")
+    raise typer.Exit(1)
 
 
 # the flag behind each keyword of `load` where it is not simply --keyword-with-dashes
@@ -77,7 +89,7 @@ FLAG_NAMES = {"model": "--model", "weights": "--weights", "data": "--data", "haw
 PARAM_FLAGS = {"sb": "--sb", "eb": "--eb", "bits": "--bits", "uniform": "--uniform", "device": "--device",
                "budgets": "--budgets", "shard": "--shard", "method": "--method", "methods": "--methods",
                "time_limit": "--time-limit", "size_budget": "--size-budget", "avg_bits": "--avg-bits",
-               "output": "--output", "cache": "--cache"}
+               "output": "--output", "cache": "--cache", "model": "--model"}
 
 
 def load(config: Optional[Path], quiet: bool = False, **flags: Any):

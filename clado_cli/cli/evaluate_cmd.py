@@ -5,8 +5,8 @@ import typer
 from rich.table import Table
 
 from ..console import out
-from .common import (ConfigOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, boundary, load, print_json, session_for,
-                     write_json)
+from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
+                     boundary, load, print_json, session_for, write_json)
 
 
 def results_table(rows, title: str) -> Table:
@@ -25,8 +25,10 @@ def results_table(rows, title: str) -> Table:
 @boundary
 def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON files from clado optimize."),
              config: Optional[Path] = ConfigOpt,
-             uniform: Optional[str] = typer.Option(None, "--uniform", help="Add uniform baselines, e.g. 2,4,8 (and float)."),
+             uniform: Optional[str] = typer.Option(None, "--uniform", help="Add the float model and uniform baselines at these widths, e.g. 2,4,8 (float alone: float)."),
              eval_size: Optional[int] = typer.Option(None, "--eval-size", help="Evaluate on at most this many images."),
+             model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
+             cache_dir: Optional[str] = CacheDirOpt,
              device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
              output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results JSON here."),
              as_json: bool = JsonOpt, quiet: bool = QuietOpt):
@@ -44,11 +46,15 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
         raise UsageError("nothing to evaluate: give decision files and/or --uniform")
     docs = [(str(p), read_decision(p)) for p in decisions]
     if config is None and docs:
-        # the decision carries its config: evaluate with exactly that set-up (flags still override)
-        cfg = config_of_decision(docs[0][1], {"device": device, "threads": threads, "data.eval_size": eval_size},
+        # the decision carries its set-up: evaluate with it, as far as a shared file may choose
+        # (no code from it, no cache location from it); flags override
+        cfg = config_of_decision(docs[0][1], {"device": device, "threads": threads, "data.eval_size": eval_size,
+                                              "model.name": model, "model.weights": weights,
+                                              "data.dataset": data, "cache_dir": cache_dir},
                                  flags=_FLAGS, where=docs[0][0])
     else:
-        cfg = load(config, quiet, device=device, threads=threads)
+        cfg = load(config, quiet, device=device, threads=threads, model=model, weights=weights, data=data,
+                   cache_dir=cache_dir)
         if eval_size is not None:
             cfg = load_config(None, {**flatten(cfg.to_dict()), "data.eval_size": eval_size}, flags=_FLAGS,
                               where=str(config) if config is not None else None)
@@ -59,9 +65,10 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
     widths = []
     if uniform:
         try:
-            widths = [int(b) for b in uniform.split(",") if b.strip()]
+            widths = [int(b) for b in uniform.split(",") if b.strip() and b.strip() != "float"]
         except ValueError:
-            raise UsageError(f"--uniform {uniform!r}: use a comma list of widths, e.g. 2,4,8") from None
+            raise UsageError(f"--uniform {uniform!r}: use a comma list of widths and/or float, e.g. 2,4,8 "
+                             f"or float") from None
     rows = evaluate_uniform(s, widths) if uniform is not None else []
     for where, d in docs:
         rows.append(evaluate_decision(s, d, where))
@@ -74,5 +81,6 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
         out.print(results_table(rows, f"{cfg.model.name} on {cfg.data.dataset} ({rows[0]['samples']} images)"))
 
 
-_FLAGS = {"device": "--device", "threads": "--threads", "data.eval_size": "--eval-size"}
+_FLAGS = {"device": "--device", "threads": "--threads", "data.eval_size": "--eval-size", "model.name": "--model",
+          "model.weights": "--weights", "data.dataset": "--data", "cache_dir": "--cache-dir"}
 

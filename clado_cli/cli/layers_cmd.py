@@ -29,7 +29,10 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
     cands = rep["candidates"]
     t = Table(title=f"{rep['model']} on {rep['data']}: layers")
     for col in ["#", "layer", "type", "role", "params", *[f"{b}-bit" for b in cands], "note"]:
-        t.add_column(col, justify="right" if col not in ("layer", "type", "role", "note") else "left")
+        # layer names are never cut: they wrap (fold) at narrow widths; numbers stay on one line
+        t.add_column(col, justify="right" if col not in ("layer", "type", "role", "note") else "left",
+                     overflow="fold" if col in ("layer", "note") else "ellipsis",
+                     no_wrap=col not in ("layer", "type", "note"), min_width=12 if col == "layer" else None)
     for i, l in enumerate(rep["layers"]):
         sizes = [format_bytes(l["bytes"][str(b)]) if l.get("bytes") and str(b) in l["bytes"] else "" for b in cands]
         note = l["reason"] + (f" groups={l['groups']}" if l.get("groups", 1) > 1 else "")

@@ -4,7 +4,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..console import log, out
+from ..console import log, out, warn
 from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
                      boundary, load, method_list, print_json, session_for, write_json)
 from ..methods import method_names
@@ -34,7 +34,7 @@ def optimize(config: Optional[Path] = ConfigOpt,
 
     Example: clado optimize --config configs/demo.yaml --method all --avg-bits 4
     """
-    from ..decide import batch_list, decide, methods_to_solve, open_cache, resolve_budgets
+    from ..decide import batch_list, config_for_cache, decide, methods_to_solve, open_cache, resolve_budgets
     from ..decisions import write_decisions
     from ..errors import UsageError
     from ..methods import space_of
@@ -53,10 +53,10 @@ def optimize(config: Optional[Path] = ConfigOpt,
     for b in resolved:
         log(f"budget {b.given} = {b.bytes:,} bytes for the decided layers")
     decisions = decide(c, methods, resolved, cfg.optimize.psd, cfg.optimize.solver, cfg.optimize.time_limit,
-                       ks=ks, config=cfg.to_dict())
+                       ks=ks, config=config_for_cache(cfg.to_dict(), c))
     for d in decisions:
         for w in d["warnings"]:
-            log(f"[yellow]{d['method']}: {w}[/yellow]")
+            warn(f"{d['method']}: {w}")
         log(f"{d['method']} @ {d['budget']['given']}: solver {d['solver']['solver']} ({d['solver']['solver_note']}), "
             f"status {d['solver']['status']}, {d['solver']['seconds']:.2f} s")
     if output is not None:
@@ -66,7 +66,24 @@ def optimize(config: Optional[Path] = ConfigOpt,
     if as_json:
         print_json(decisions[0] if len(decisions) == 1 else decisions)
         return
-    out.print(decisions_table(decisions, space_of(c.manifest), f"decisions ({c.fingerprint})"))
+    if len(decisions) <= 3:
+        out.print(decisions_table(decisions, space_of(c.manifest), f"decisions ({c.fingerprint})"))
+    else:   # a column per decision is unreadable: one row each (the files hold the widths)
+        out.print(decisions_summary(decisions, f"{len(decisions)} decisions ({c.fingerprint})"))
+
+
+def decisions_summary(decisions, title: str) -> Table:
+    from ..optimize import format_bytes
+
+    t = Table(title=title)
+    for col in ("method", "budget", "decided", "total", "pred. Δloss", "status", "seconds"):
+        t.add_column(col, justify="left" if col in ("method", "budget", "status") else "right")
+    for d in decisions:
+        s = d["solver"]
+        t.add_row(d["method"], d["budget"]["given"], format_bytes(d["sizes"]["decided_bytes"]),
+                  format_bytes(d["sizes"]["total_bytes"]), f"{d['predicted_loss_increase']:.4g}",
+                  "optimal" if s["optimal"] else str(s["status"]), f"{s['seconds']:.2f}")
+    return t
 
 
 def decisions_table(decisions, space, title: str) -> Table:

@@ -41,6 +41,8 @@ def load_rgb(path: str):
         with open(path, "rb") as f:
             img = Image.open(f)
             return img.convert("RGB")
+    except Image.DecompressionBombError as e:   # more pixels than PIL's safety limit
+        raise InputError(f"cannot read image {path}: {e}") from None
     except OSError as e:  # includes PIL.UnidentifiedImageError and truncated files
         raise InputError(f"cannot read image {path}: {e}") from None
 
@@ -133,13 +135,31 @@ class ImageFiles(Dataset):
 
 
 def list_images(root: str) -> List[str]:
-    """Every image file under `root` (recursive), sorted by path relative to `root`."""
+    """Every image file under `root` (recursive), sorted by path relative to `root`. Links are
+    followed only while they stay inside `root`, and each real directory is read once, so a
+    link cycle neither loops nor counts images twice; a link leaving `root` is an error."""
     found = []
+    real_root = os.path.realpath(root)
+    seen = set()
+
+    def inside(p: str) -> bool:
+        return os.path.commonpath([real_root, os.path.realpath(p)]) == real_root
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for d in list(dirnames):
+            if not inside(os.path.join(dirpath, d)):
+                raise InputError(f"images:{root}: {os.path.join(dirpath, d)} links outside the data directory")
         dirnames.sort()
         for name in filenames:
             if _is_image(name):
                 full = os.path.join(dirpath, name)
+                if not inside(full):
+                    raise InputError(f"images:{root}: {full} links outside the data directory")
                 found.append((os.path.relpath(full, root), full))
     return [full for _, full in sorted(found)]
 

@@ -5,6 +5,8 @@ of dimensions d, then d big-endian uint32 sizes, then the data in C order, big-e
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import zlib
 from typing import Optional, Tuple
@@ -29,6 +31,9 @@ _IDX_TYPES = {
 }
 
 
+MAX_IDX_BYTES = 2 * 2 ** 30  # 2 GiB: 40x MNIST, far beyond the image sets an IDX file holds
+
+
 def read_idx(path: str, ndim: Optional[int] = None) -> np.ndarray:
     """Parse one IDX file (gzip detected by its magic bytes). Any damage -> InputError naming
     the file."""
@@ -37,7 +42,11 @@ def read_idx(path: str, ndim: Optional[int] = None) -> np.ndarray:
         with open(path, "rb") as f:
             raw = f.read()
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            # a gzip bomb stops at the cap instead of filling the memory
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+                raw = g.read(MAX_IDX_BYTES + 1)
+            if len(raw) > MAX_IDX_BYTES:
+                raise InputError(f"IDX file {path} unpacks to more than {MAX_IDX_BYTES // 2**30} GiB; refused")
     except (OSError, EOFError, zlib.error) as e:
         raise InputError(f"corrupt IDX file {path}: {e}") from None
     if len(raw) < 4:
@@ -57,7 +66,7 @@ def read_idx(path: str, ndim: Optional[int] = None) -> np.ndarray:
         raise InputError(f"corrupt IDX file {path}: truncated header")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=dims_n, offset=4))
     dtype = _IDX_TYPES[raw[2]]
-    need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    need = math.prod(dims) * dtype.itemsize   # Python ints: a hostile header cannot overflow it
     have = len(raw) - header
     if have < need:
         raise InputError(f"corrupt IDX file {path}: truncated (data has {have} bytes, header says {need})")

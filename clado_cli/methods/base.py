@@ -224,3 +224,16 @@ def combine_checked(cache: Cache, method: Method, ks: Optional[Sequence[int]] = 
     space = space_of(cache.manifest)
     return cache.combine(method.stored, ks,
                          check=lambda arrays, path: check_cached_arrays(method, space, arrays, f"cache file {path}"))
+
+
+def content_check(cache: Cache):
+    """A `check(kind, arrays, path)` for Cache.verify and merge_caches: each registered
+    method's batches must hold its arrays (names, shapes, finite values)."""
+    space = space_of(cache.manifest) if cache.manifest else None
+
+    def check(kind: Stored, arrays: Dict[str, np.ndarray], path) -> None:
+        if space is None or kind.name not in METHODS or METHODS.get(kind.name).stored is None:
+            return
+        check_cached_arrays(METHODS.get(kind.name), space, arrays, f"cache file {path}")
+
+    return check

@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -137,12 +138,14 @@ def _from_factory(spec: str, cfg: ModelConfig) -> nn.Module:
             spec_ = importlib.util.spec_from_file_location(mod_name, path)
             module = importlib.util.module_from_spec(spec_)
             sys.modules[mod_name] = module
-            spec_.loader.exec_module(module)
+            with _on_path(str(path.resolve().parent)):   # the file may import modules beside it
+                spec_.loader.exec_module(module)
         else:
-            module = importlib.import_module(target)
-    except (InputError, UsageError):
+            with _on_path(str(Path.cwd())):   # as under `python -m`: modules of the working directory
+                module = importlib.import_module(target)
+    except (InputError, UsageError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:   # SystemExit, GeneratorExit: user code that did not return is an error too
         raise InputError(f"cannot import model factory module {target!r}: {type(exc).__name__}: {exc}") from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
@@ -150,13 +153,38 @@ def _from_factory(spec: str, cfg: ModelConfig) -> nn.Module:
     kwargs = {}
     if cfg.num_classes and "num_classes" in inspect.signature(fn).parameters:
         kwargs["num_classes"] = cfg.num_classes
+    torch.manual_seed(0)  # a factory's own random init is seeded, so runs (and caches) repeat
     try:
         model = fn(**kwargs)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:   # SystemExit from a factory must not end clado with exit 0
         raise InputError(f"model factory {spec} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"model factory {spec} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+@contextmanager
+def _on_path(folder: str):
+    """`folder` at the front of sys.path while a user module is imported."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def canonical_name(name: str) -> str:
+    """A model name as the cache records it: a `file.py:factory` with the file's resolved path,
+    so `m.py`, `./m.py` and `/abs/m.py` name one cache."""
+    target, sep, attr = name.rpartition(":")
+    if sep and target.endswith(".py") and Path(target).is_file():
+        return f"{Path(target).resolve()}:{attr}"
+    return name
 
 
 def read_state_dict(path: str) -> dict:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import EnvironmentProblem
+
 # Bump when the architecture or the training recipe changes: it names the cached file.
 EMBEDDED_VERSION = "v1"
 TRAIN_EPOCHS = 40
@@ -114,15 +116,22 @@ def load_or_train_embedded(train_x: torch.Tensor, train_y: torch.Tensor, log=Non
                 pass
         if log:  # a damaged cache file is retrained, never trusted
             log(f"embedded model cache {path} fails its checksum or does not load; retraining")
+    # where the trained model goes must be writable before ~10 s of training, not after
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot create {path.parent} for the embedded model (CLADO_HOME): "
+                                 f"{exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise EnvironmentProblem(f"{path.parent} is not writable (CLADO_HOME)")
     if log:
         log(f"training the embedded model on digits (first use; cached at {path})")
     model = train_embedded(train_x, train_y, log=log)
     from safetensors.torch import save
 
+    from ..store import atomic_write
+
     data = save({k: v.contiguous() for k, v in model.state_dict().items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, payload in ((path, data), (side, hashlib.sha256(data).hexdigest().encode())):
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, target)
+    atomic_write(path, data)
+    atomic_write(side, hashlib.sha256(data).hexdigest().encode())
     return model

@@ -22,8 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..console import progress, warn
-from ..errors import UsageError
+from ..console import log, progress, warn
+from ..errors import InputError, UsageError
 from ..methods import Method, combine_checked, get_method, prep_method_names
 from .memory import peak_report, reset_peak
 
@@ -55,6 +55,15 @@ class PrepSummary:
             d.pop("ranks")
             d.pop("split")
         return d
+
+
+def check_finite_values(values: Dict[str, np.ndarray], what: str) -> None:
+    """Computed numbers that are NaN or inf are never cached: name them instead."""
+    for name, a in values.items():
+        a = np.asarray(a)
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            raise InputError(f"{what}: {int(np.sum(~np.isfinite(a)))} values of {name} are NaN or inf (the model's "
+                             f"loss is not finite on this batch with some option applied); nothing was cached")
 
 
 def prep_method(name: str) -> Method:
@@ -155,6 +164,11 @@ class PrepRun:
                 one(k, wait=False)
             for k in list(deferred):
                 deferred.remove(k)
+                who = cache.holder(kind, k)
+                if who and not cache.has_batch(kind, k):
+                    since = time.strftime("%H:%M:%S", time.localtime(float(who.get("since", 0))))
+                    log(f"batch {k} is being computed by process {who.get('pid')} on {who.get('host')} since "
+                        f"{since}; waiting for it (a stopped process holds it until it resumes or ends)")
                 one(k, wait=True)
         return self._summary(ks, computed, skipped, time.time() - t0)
 
@@ -162,7 +176,9 @@ class PrepRun:
         """The values of batch k (no caching)."""
         self.setup()
         x, y = self.session.sensitivity_batch(k)
-        return self.method.compute(self.session, x, y, k, self.engine, self.runner, tick=tick)
+        values = self.method.compute(self.session, x, y, k, self.engine, self.runner, tick=tick)
+        check_finite_values(values, f"batch {k} of the {self.kind.label}")
+        return values
 
     # -- batches split across ranks ------------------------------------------------------------
     def run_split(self, ks: Sequence[int], rank: int, size: int, reduce: Reduce, write: bool) -> PrepSummary:
@@ -176,6 +192,7 @@ class PrepRun:
             x, y = self.session.sensitivity_batch(k)
             part = self.method.compute_part(self.session, x, y, k, rank, size, self.engine, self.runner)
             summed = reduce(part)
+            check_finite_values(summed, f"batch {k} of the {self.kind.label}")
             if write:
                 self._write(k, self.method.finish_part(self.session, summed), time.time() - tb,
                             {"engine": f"distributed x{size}"})

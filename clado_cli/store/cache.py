@@ -213,9 +213,12 @@ class Cache:
             raise CacheError(f"cache file {p} is not a readable npz: {exc}") from None
         if "n" not in arrays:
             raise CacheError(f"cache file {p} has no sample count")
-        n = int(arrays.pop("n"))
-        if "n" in side and int(side["n"]) != n:
-            raise CacheError(f"cache file {p} holds {n} samples but its sidecar says {side['n']}")
+        count = arrays.pop("n")
+        if count.shape != () or not np.issubdtype(count.dtype, np.integer) or int(count) <= 0:
+            raise CacheError(f"cache file {p} has no valid sample count (a positive integer)")
+        n = int(count)
+        if "n" in side and (not isinstance(side["n"], int) or isinstance(side["n"], bool) or side["n"] != n):
+            raise CacheError(f"cache file {p} holds {n} samples but its sidecar says {side['n']!r}")
         return arrays, n
 
     def batches(self, kind: Stored) -> List[int]:
@@ -242,6 +245,13 @@ class Cache:
                 ) -> Tuple[Dict[str, np.ndarray], int, List[int]]:
         """Sample-weighted mean of every array over the batches ks (all cached by default);
         docs/methods.md, "Combining batches". `check(arrays, path)` sees each batch as read."""
+        if isinstance(ks, range) and len(ks) > len(self.batches(kind)):
+            # a range longer than what is cached (even --eb 10**12) is refused without listing it
+            cached = self.batches(kind)
+            missing = ranges([k for k in ks if k not in set(cached)]) if len(ks) <= 100_000 else \
+                f"{ks.start}..{ks.stop - 1}"
+            raise CacheError(f"batches {missing} of the {kind.label} are not cached in {self.fingerprint} "
+                             f"(cached: {ranges(cached) or 'none'})")
         ks = sorted(set(ks)) if ks is not None else self.batches(kind)
         if not ks:
             raise CacheError(f"no {kind.label} are cached in {self.root} (run clado prep {kind.name})")
@@ -276,10 +286,31 @@ class Cache:
         except Timeout:
             yield False
             return
+        holder = lock_path.with_suffix(".holder")
+        try:
+            import socket
+            import time
+
+            holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        except OSError:
+            pass
         try:
             yield True
         finally:
+            try:
+                holder.unlink()
+            except OSError:
+                pass
             lock.release()
+
+    def holder(self, kind: Stored, k: int) -> Optional[Dict[str, Any]]:
+        """Who holds batch k's claim ({pid, host, since}), as far as it recorded it."""
+        p = self.kind_dir(kind) / f".batch_{k:05d}.holder"
+        try:
+            info = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
 
     # -- calibration ---------------------------------------------------------------------
     @contextmanager
@@ -318,9 +349,11 @@ class Cache:
         atomic_write(p.with_suffix(".json"), _json_bytes({"sha256": sha256_bytes(data)}))
 
     # -- checking --------------------------------------------------------------------------
-    def verify(self, kinds: Optional[Sequence[Stored]] = None) -> List[str]:
+    def verify(self, kinds: Optional[Sequence[Stored]] = None,
+               check: Optional[Callable[[Stored, Dict[str, np.ndarray], Path], None]] = None) -> List[str]:
         """Problems found (empty when every file checks out). `kinds`: the directories to
-        check (default: every one that holds batch files)."""
+        check (default: every one that holds batch files); `check(kind, arrays, path)` also
+        validates each batch's content (names, shapes, finiteness) and raises CacheError."""
         problems = []
         try:
             Cache.from_dir(self.root)
@@ -329,7 +362,9 @@ class Cache:
         for kind in self._with_disk_kinds(kinds):
             for k in self.batches(kind):
                 try:
-                    self.read_batch(kind, k)
+                    arrays, _ = self.read_batch(kind, k)
+                    if check is not None:
+                        check(kind, arrays, self.batch_path(kind, k))
                 except CacheError as exc:
                     problems.append(str(exc))
         if (self.root / "quant_state.safetensors").exists():

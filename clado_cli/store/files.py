@@ -56,10 +56,15 @@ def json_bytes(obj: Any) -> bytes:
 
 
 def read_json(path: Path, what: str, error: Type[CladoError] = CacheError) -> Any:
+    from ..plaindata import load_json_text
+
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{what} {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not valid JSON (not UTF-8 text: {exc.reason})") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    return load_json_text(text, f"{what} {path}", error)

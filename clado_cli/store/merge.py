@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import CacheError
 from .cache import Cache, Stored, ranges
 from .files import atomic_write
 
 
-def merge_caches(sources: List[Path], into: Path, kinds: Optional[Sequence[Stored]] = None) -> Dict[str, Any]:
-    """Copy every batch of `sources` (verified first) into the cache of the same fingerprint
-    under `into`. `kinds`: the methods' directories (those on disk are merged too)."""
+def merge_caches(sources: List[Path], into: Path, kinds: Optional[Sequence[Stored]] = None,
+                 check: Optional[Callable[[Stored, Dict[str, Any], Path], None]] = None) -> Dict[str, Any]:
+    """Copy every batch of `sources` (verified first: checksum, and `check(kind, arrays, path)`
+    on its content) into the cache of the same fingerprint under `into`. A batch the target
+    already has is verified the same way, never trusted. `kinds`: the methods' directories
+    (those on disk are merged too)."""
     caches = [Cache.from_dir(Path(s)) for s in sources]
     first = caches[0]
     for c in caches[1:]:
@@ -34,8 +37,13 @@ def merge_caches(sources: List[Path], into: Path, kinds: Optional[Sequence[Store
             if params is not None:
                 target.check_params(kind, params)
             for k in c.batches(kind):
-                c.read_batch(kind, k)  # verifies the checksum before anything is copied
+                arrays, _ = c.read_batch(kind, k)  # verifies the checksum before anything is copied
+                if check is not None:
+                    check(kind, arrays, c.batch_path(kind, k))
                 if target.has_batch(kind, k):
+                    there, _ = target.read_batch(kind, k)
+                    if check is not None:
+                        check(kind, there, target.batch_path(kind, k))
                     present.append(k)
                     continue
                 src = c.batch_path(kind, k)

@@ -1,0 +1,47 @@
+"""Limits on the structure of any file clado reads as data (config, decision, sidecar): depth,
+integer size and NUL characters, checked without recursion so a hostile file can neither
+overflow the stack nor slip a path with a NUL byte or an integer beyond 64 bits through."""
+from __future__ import annotations
+
+import json
+from typing import Any, Type
+
+from .errors import CladoError
+
+MAX_DEPTH = 32
+INT_LIMIT = 2 ** 63
+
+
+def check_plain(obj: Any, where: str, error: Type[CladoError]) -> Any:
+    """`obj` unchanged, or `error` naming the first problem and its path."""
+    stack = [(obj, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise error(f"{where}: nested more than {MAX_DEPTH} levels deep at {path or '(top level)'}")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(k, str) and "\x00" in k:
+                    raise error(f"{where}: a key under {path or '(top level)'} holds a NUL character")
+                stack.append((v, f"{path}.{k}" if path else str(k), depth + 1))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                stack.append((v, f"{path}[{i}]", depth + 1))
+        elif isinstance(node, str):
+            if "\x00" in node:
+                raise error(f"{where}: {path or '(top level)'} holds a NUL character")
+        elif isinstance(node, int) and not isinstance(node, bool):
+            if not -INT_LIMIT <= node < INT_LIMIT:
+                raise error(f"{where}: {path or '(top level)'} is an integer beyond 64 bits")
+    return obj
+
+
+def load_json_text(text: str, where: str, error: Type[CladoError]) -> Any:
+    """json.loads with the limits above (deep nesting is refused, not a RecursionError)."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise error(f"{where}: nested too deeply to read") from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise error(f"{where} is not valid JSON: {exc}") from None
+    return check_plain(obj, where, error)
