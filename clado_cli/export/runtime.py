@@ -74,10 +74,11 @@ def evaluate_onnx(session, path, decision: Optional[Dict[str, Any]] = None, wher
     """Top-1/top-5/mean loss of an ONNX model on the session's evaluation split (the batches
     `evaluate_current` uses), as a result row; sizes from the decision in its metadata."""
     from ..data import eval_batches
-    from ..evaluate import sizes_for
+    from ..evaluate import check_decision, sizes_for
 
     where = where or str(path)
     decision = decision if decision is not None else decision_of_onnx(path)
+    check_decision(session, decision, where)   # the same model, data set-up and layers as the decision's
     sess = ort_session(path, session.cfg.threads or torch.get_num_threads())
     d = session.cfg.data
     n = top1 = top5 = 0
@@ -95,9 +96,6 @@ def evaluate_onnx(session, path, decision: Optional[Dict[str, Any]] = None, wher
     if n == 0:
         raise InputError("the evaluation split is empty")
     bits = {name: int(s["w_bits"]) for name, s in decision["layers"].items()}
-    missing = [name for name in session.plan.decided_names if name not in bits]
-    if missing:
-        raise InputError(f"{where} does not fit model {session.cfg.model.name}: no bits for layer {missing[0]!r}")
     return {"kind": "onnx", "method": decision["method"], "budget": decision["budget"],
             "label": f"onnx {decision['method']} @ {decision['budget']['given']}",
             "top1": top1 / n, "top5": top5 / n, "loss": loss_sum / n, "samples": n,
