@@ -14,8 +14,11 @@ Everything happens in memory; the caller writes the bytes atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
+import sys
 import warnings
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -54,12 +57,39 @@ def _float_tensor(name: str, values, dims) -> Any:
 _OP_RE = re.compile(r"'((?:aten|prim|onnx|quantized|torchvision)::[\w.]+)'")
 
 
+@contextlib.contextmanager
+def _silenced():
+    """No output from the exporter: its C++ side prints the whole TorchScript graph on stdout when
+    it fails (its ONNX log is always on), which would bury the one-line error and break --json."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:   # no real file descriptors (an embedded interpreter): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def _trace(module: torch.nn.Module, example: torch.Tensor, model_name: str) -> bytes:
     buf = io.BytesIO()
     set_exporting(module, True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _silenced():
             torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=TRACE_OPSET,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
