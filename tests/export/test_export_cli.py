@@ -75,3 +75,24 @@ def test_export_errors_are_one_line(decision_file, small_cfg, tmp_path):
     assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
     res = invoke("evaluate", tmp_path / "missing.onnx", code=3)
     assert res.stderr.startswith("Error: ONNX file not found")
+
+
+@pytest.mark.slow
+def test_run_exports_every_decision(tmp_path):
+    """`clado run --export DIR`: each decision of the sweep as ONNX and encodings."""
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(f"""
+data: {{dataset: digits, bs: 16, sb: 0, eb: 0, calibration_size: 64, eval_size: 64}}
+optimize: {{budgets: ["avg:3"], methods: [naive], time_limit: 30}}
+quant: {{weight_candidates: [2, 4, 8]}}
+cache_dir: {tmp_path / 'cache'}
+device: cpu
+""")
+    res = json.loads(invoke("run", "-c", cfg, "--out-dir", tmp_path / "run", "--export", tmp_path / "exp",
+                            "--json", "-q").stdout)
+    files = sorted(p.name for p in (tmp_path / "exp").iterdir())
+    assert files == ["decision-naive-avg3.encodings.json", "decision-naive-avg3.onnx"]
+    assert [e["format"] for e in res["exports"]] == ["onnx", "encodings"]
+    row = [r for r in res["results"] if r.get("kind") == "decision"][0]
+    b = json.loads(invoke("evaluate", tmp_path / "exp" / "decision-naive-avg3.onnx", "--json", "-q").stdout)
+    assert abs(b["results"][0]["top1"] - row["top1"]) * row["samples"] <= row["samples"] // 1000
