@@ -12,14 +12,15 @@ _FLAGS = {"device": "--device", "threads": "--threads"}
 def size_lines(rep) -> str:
     from ..optimize import format_bytes
 
-    total = rep.get("decision_total_bytes")
+    total, decided = rep.get("decision_total_bytes"), rep.get("decision_decided_bytes")
     return (f"wrote {', '.join(rep['files'])} ({rep['format']})\n"
             f"  file on disk:        {format_bytes(rep['file_bytes'])}\n"
             f"  packed weights:      {format_bytes(rep['packed_weight_bytes'])} "
             f"(INT4/UINT4 two per byte, INT8 one; at each layer's own width: "
             f"{format_bytes(rep['weight_bytes_at_width'])})\n"
-            f"  decision:            {rep['method']} @ {rep['budget']}: budget {format_bytes(rep['budget_bytes'])}, "
-            f"total {format_bytes(total) if total is not None else 'n/a'}")
+            f"  decision:            {rep['method']} @ {rep['budget']}: budget {format_bytes(rep['budget_bytes'])} "
+            f"on decided layers; decided {format_bytes(decided) if decided is not None else 'n/a'}, "
+            f"total with fixed {format_bytes(total) if total is not None else 'n/a'}")
 
 
 @boundary
