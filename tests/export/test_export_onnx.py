@@ -103,8 +103,8 @@ def test_evaluate_onnx_equals_evaluate_decision(mixed, embedded_onnx):
 
 
 def test_narrow_activations_and_per_channel_weights(small_cfg, compare_onnx, tmp_path):
-    """2-bit inputs sit in UINT4 behind a Clip at the dequantized range; per-channel weights
-    carry one scale per output channel (axis 0)."""
+    """2-bit inputs sit in UINT4 behind a Clip at the dequantized range; per-channel asymmetric
+    weights carry one scale and zero point per output channel (axis 0), in UINT4/UINT8."""
     import onnx
 
     from clado_cli.export import export_decision
@@ -112,7 +112,8 @@ def test_narrow_activations_and_per_channel_weights(small_cfg, compare_onnx, tmp
 
     from .conftest import mixed_decision
 
-    s = Session(small_cfg(**{"quant.activation_bits": 2, "quant.weight.per_channel": True}))
+    s = Session(small_cfg(**{"quant.activation_bits": 2, "quant.weight.per_channel": True,
+                             "quant.weight.symmetric": False}))
     d = mixed_decision(s)
     path = tmp_path / "narrow.onnx"
     export_decision(s, d, "onnx", path)
@@ -122,6 +123,10 @@ def test_narrow_activations_and_per_channel_weights(small_cfg, compare_onnx, tmp
     name = s.plan.decided_names[0]
     assert inits[f"{name}.input_zero_point"].data_type == onnx.TensorProto.UINT4
     assert list(inits[f"{name}.weight_scale"].dims) == [s.plan.decided[0].shape[0]]
+    for layer, spec in d["layers"].items():
+        want = onnx.TensorProto.UINT4 if spec["w_bits"] <= 4 else onnx.TensorProto.UINT8
+        assert inits[f"{layer}.weight_quantized"].data_type == want
+        assert inits[f"{layer}.weight_zero_point"].data_type == want
     clips = [n for n in model.graph.node if n.op_type == "Clip"]
     assert len(clips) == len(s.plan.decided)    # 2-bit inputs clipped; fixed layers' 8-bit inputs not
     c = compare_onnx(s, d, path, s.data.eval.images[:200])
