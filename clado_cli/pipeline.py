@@ -13,7 +13,8 @@ from .optimize import OptionSpace, check_budget, resolve_budget_spec
 
 
 def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None,
-                 methods: Optional[Sequence[str]] = None, uniform: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+                 methods: Optional[Sequence[str]] = None, uniform: Optional[Sequence[int]] = None,
+                 export_dir: Optional[Path] = None) -> Dict[str, Any]:
     from .decide import decide
     from .decisions import decision_file_name, write_decisions
     from .evaluate import evaluate_decision, evaluate_uniform
@@ -63,5 +64,10 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
                        f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs size ({len(ks)} sensitivity batch(es))")
     results = {"clado_version": __version__, "fingerprint": session.fingerprint, "config": cfg.to_dict(),
                "prep": preps, "results": rows, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
+    if export_dir is not None:   # every decision as ONNX (QDQ) and encodings (docs/export.md)
+        from .export import export_all
+
+        log(f"export {len(decisions)} decision(s) to {export_dir}")
+        results["exports"] = export_all(session, decisions, export_dir)
     write_json(out_dir / "results.json", results)
     return results

@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from . import cache_cmd, evaluate_cmd, inspect_cmd, layers_cmd, optimize_cmd, prep_cmd, run_cmd
+from . import cache_cmd, evaluate_cmd, export_cmd, inspect_cmd, layers_cmd, optimize_cmd, prep_cmd, run_cmd
 
 
 class OneLineErrors(TyperGroup):
@@ -70,6 +70,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(prep_cmd.app, name="prep")
 app.command("optimize")(optimize_cmd.optimize)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("export")(export_cmd.export)
 app.command("run")(run_cmd.run)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("layers")(layers_cmd.layers)

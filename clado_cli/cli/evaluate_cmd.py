@@ -23,7 +23,8 @@ def results_table(rows, title: str) -> Table:
 
 
 @boundary
-def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON files from clado optimize."),
+def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON files from clado optimize, or ONNX "
+                                                  "models from clado export (run with ONNX Runtime)."),
              config: Optional[Path] = ConfigOpt,
              uniform: Optional[str] = typer.Option(None, "--uniform", help="Add the float model and uniform baselines at these widths, e.g. 2,4,8 (float alone: float)."),
              eval_size: Optional[int] = typer.Option(None, "--eval-size", help="Evaluate on at most this many images."),
@@ -44,7 +45,9 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
     decisions = decisions or []
     if not decisions and uniform is None:
         raise UsageError("nothing to evaluate: give decision files and/or --uniform")
-    docs = [(str(p), read_decision(p)) for p in decisions]
+    from ..export.runtime import decision_of_onnx, evaluate_onnx
+
+    docs = [(str(p), decision_of_onnx(p) if p.suffix == ".onnx" else read_decision(p)) for p in decisions]
     if config is None and docs:
         # the decision carries its set-up: evaluate with it, as far as a shared file may choose
         # (no code from it, no cache location from it); flags override
@@ -71,7 +74,7 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
                              f"or float") from None
     rows = evaluate_uniform(s, widths) if uniform is not None else []
     for where, d in docs:
-        rows.append(evaluate_decision(s, d, where))
+        rows.append(evaluate_onnx(s, where, d) if where.endswith(".onnx") else evaluate_decision(s, d, where))
     result = {"fingerprint": s.fingerprint, "results": rows}
     if output is not None:
         write_json(output, result)

@@ -17,6 +17,8 @@ def run(config: Optional[Path] = ConfigOpt,
         eb: Optional[int] = typer.Option(None, "--eb", help="Last sensitivity batch (inclusive)."),
         model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
         device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt, cache_dir: Optional[str] = CacheDirOpt,
+        export_dir: Optional[Path] = typer.Option(None, "--export", help="Also export every decision here as ONNX "
+                                                  "(QDQ) and encodings JSON (see clado export)."),
         as_json: bool = JsonOpt, quiet: bool = QuietOpt):
     """The whole pipeline from one config: prep (reusing caches), optimize over the budgets,
     evaluate every decision beside the uniform baselines and float, write results.json and pareto.png.
@@ -31,10 +33,12 @@ def run(config: Optional[Path] = ConfigOpt,
                threads=threads, cache_dir=cache_dir)
     budget_list = parse_budget_list(budgets) if budgets else None
     method_list = [m.strip() for m in methods.split(",")] if methods else None
-    res = run_pipeline(session_for(cfg), out_dir, budget_list, method_list)
+    res = run_pipeline(session_for(cfg), out_dir, budget_list, method_list, export_dir=export_dir)
     if as_json:
         print_json(res)
         return
     rows = res["results"]
     out.print(results_table(rows, f"{cfg.model.name} on {cfg.data.dataset}: {rows[0]['samples']} evaluation images"))
     out.print(f"results: {Path(out_dir) / 'results.json'}\nplot:    {res['plot']}")
+    if res.get("exports"):
+        out.print(f"exports: {len(res['exports'])} file(s) in {export_dir}")
