@@ -4,9 +4,10 @@ from typing import Optional
 import typer
 
 from ..console import out
-from .common import ConfigOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, boundary, load, print_json, session_for
+from .common import (CacheDirOpt, ConfigOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, boundary, load,
+                     print_json, session_for)
 
-_FLAGS = {"device": "--device", "threads": "--threads"}
+_FLAGS = {"device": "--device", "threads": "--threads", "model.name": "--model", "cache_dir": "--cache-dir"}
 
 
 def size_lines(rep) -> str:
@@ -29,7 +30,8 @@ def export(decision: Path = typer.Argument(..., help="A decision JSON file from 
                                    "quantizer) or weights (dequantized safetensors + encodings)."),
            out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: beside the "
                                                    "decision, .onnx / .encodings.json / .safetensors)."),
-           config: Optional[Path] = ConfigOpt, device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+           config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, cache_dir: Optional[str] = CacheDirOpt,
+           device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
            as_json: bool = JsonOpt, quiet: bool = QuietOpt):
     """Export a decision as a deployable model: ONNX with QuantizeLinear/DequantizeLinear where clado
     fake-quantizes, the encodings of every quantizer, or the dequantized weights.
@@ -46,9 +48,11 @@ def export(decision: Path = typer.Argument(..., help="A decision JSON file from 
         raise UsageError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
     d = read_decision(decision)
     if config is None:
-        cfg = config_of_decision(d, {"device": device, "threads": threads}, flags=_FLAGS, where=str(decision))
+        # as in evaluate: no code and no cache location from the file itself
+        cfg = config_of_decision(d, {"device": device, "threads": threads, "model.name": model,
+                                     "cache_dir": cache_dir}, flags=_FLAGS, where=str(decision))
     else:
-        cfg = load(config, quiet, device=device, threads=threads)
+        cfg = load(config, quiet, device=device, threads=threads, model=model, cache_dir=cache_dir)
     set_quiet(quiet)
     if out_path is None:
         stem = decision.name[: -len(".json")] if decision.name.endswith(".json") else decision.name

@@ -3,7 +3,6 @@ session's evaluation split with the same metrics and row shape as `clado evaluat
 decision (docs/methods.md, "Evaluate")."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional

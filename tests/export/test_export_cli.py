@@ -69,7 +69,9 @@ def test_export_errors_are_one_line(decision_file, small_cfg, tmp_path):
     dfile = tmp_path / "fft.json"
     dfile.write_text(json.dumps(mixed_decision(s)))
     out = tmp_path / "out" / "fft.onnx"
-    res = invoke("export", dfile, "--out", out, "-q", code=3)
+    res = invoke("export", dfile, "--out", out, "-q", code=2)   # a decision naming a factory: not run
+    assert "names the factory" in res.stderr and not out.exists()
+    res = invoke("export", dfile, "--out", out, "--model", f"{src}:make", "--cache-dir", s.cfg.cache_dir, "-q", code=3)
     assert res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1 and res.stdout == ""
     assert "aten::fft_rfft2" in res.stderr
     assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
