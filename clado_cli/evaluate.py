@@ -22,6 +22,7 @@ def evaluate_current(session, limit: Optional[int] = None) -> Dict[str, Any]:
     limit = limit if limit is not None else d.eval_size
     n = top1 = top5 = 0
     loss_sum = 0.0
+    correct = []
     t = time.time()
     for x, y in eval_batches(session.data.eval, max(d.bs, 256) if session.device.type == "cpu" else d.bs,
                              limit, d.workers):
@@ -33,13 +34,18 @@ def evaluate_current(session, limit: Optional[int] = None) -> Dict[str, Any]:
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
-        top1 += int((top[:, 0] == y).sum())
+        hit = top[:, 0] == y
+        correct.append(hit.cpu())
+        top1 += int(hit.sum())
         top5 += int((top == y[:, None]).any(dim=1).sum())
         n += len(y)
     if n == 0:
         raise InputError("the evaluation split is empty")
-    return {"top1": top1 / n, "top5": top5 / n, "loss": loss_sum / n, "samples": n,
-            "seconds": round(time.time() - t, 3)}
+    from .stats import binomial_se
+
+    # `correct` (per-image top-1 outcomes, for paired tests) is dropped before results are written
+    return {"top1": top1 / n, "top1_se": binomial_se(top1 / n, n), "top5": top5 / n, "loss": loss_sum / n,
+            "samples": n, "seconds": round(time.time() - t, 3), "correct": torch.cat(correct).numpy()}
 
 
 def check_decision(session, decision: Dict[str, Any], where: str = "decision") -> None:
@@ -73,6 +79,14 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
                              f"fixed layers are at {want[0]}/{want[1]} bits in this set-up")
 
 
+def decision_label(decision: Dict[str, Any]) -> str:
+    """`method @ budget`, with the PSD treatment for CLADO (clip is the release's, the others
+    exact): `clado/clip @ avg:3`."""
+    psd = decision.get("psd")
+    method = f"{decision['method']}/{psd}" if psd else decision["method"]
+    return f"{method} @ {decision['budget']['given']}"
+
+
 def sizes_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, float]:
     plan, cfg = session.plan, session.cfg
     decided = sum(l.numel * bits_by_layer[l.name] / 8 for l in plan.decided)
@@ -89,7 +103,7 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
     finally:
         session.qmodel.reset()
     return {"kind": "decision", "method": decision["method"], "budget": decision["budget"],
-            "label": f"{decision['method']} @ {decision['budget']['given']}",
+            "label": decision_label(decision),
             **metrics, "sizes": sizes_for(session, bits),
             "predicted_loss_increase": decision.get("predicted_loss_increase"),
             "measured_loss_increase": (decision.get("measured") or {}).get("sensitivity", {}).get("loss_increase"),

@@ -27,7 +27,10 @@ def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]
             continue
         sens = load_sensitivities(cache, m, ks)
         out["methods"][method] = {"batches": list(sens.batches), "samples": sens.samples,
-                                  "per_layer": sens.singles.reshape(-1, B).tolist()}
+                                  "per_layer": sens.singles.reshape(-1, B).tolist(),
+                                  # standard error across the batches (docs/methods.md, "Noise")
+                                  "per_layer_se": None if sens.singles_se is None
+                                  else sens.singles_se.reshape(-1, B).tolist()}
         if getattr(sens, "traces", None) is not None:
             out["methods"][method]["traces"] = sens.traces.tolist()
         if getattr(sens, "G", None) is not None:

@@ -20,6 +20,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     from .evaluate import evaluate_decision, evaluate_uniform
     from .jsonio import write_json
     from .measure import measure_decision
+    from .stats import paired_comparisons
     from .methods import get_method
     from .plots import pareto_plot
     from .prep import run_prep
@@ -60,10 +61,11 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     write_decisions(out_dir / "decisions", decisions, session.fingerprint)
     for d in decisions:
         rows.append(evaluate_decision(session, d, where=decision_file_name(d)))
+    comparisons = paired_comparisons(rows)
     plot = pareto_plot(rows, out_dir / "pareto.png",
                        f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs size ({len(ks)} sensitivity batch(es))")
     results = {"clado_version": __version__, "fingerprint": session.fingerprint, "config": cfg.to_dict(),
-               "prep": preps, "results": rows, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
+               "prep": preps, "results": rows, "comparisons": comparisons, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
     if export_dir is not None:   # every decision as ONNX (QDQ) and encodings (docs/export.md)
         from .export import export_all
 

@@ -24,9 +24,12 @@ def pareto_plot(rows: List[Dict[str, Any]], path: Path, title: str) -> Path:
     from .methods import METHODS
 
     for m in methods:
-        pts = sorted((r["sizes"]["total_bytes"], r["top1"]) for r in rows if r["kind"] == "decision" and r["method"] == m)
+        pts = sorted((r["sizes"]["total_bytes"], r["top1"], r.get("top1_se") or 0.0)
+                     for r in rows if r["kind"] == "decision" and r["method"] == m)
         marker = METHODS.get(m).marker if m in METHODS else "o"
-        ax.plot([p[0] / 1e3 for p in pts], [100 * p[1] for p in pts], marker=marker, label=m)
+        # error bars: ±1.96 standard errors of top-1 (a 95% interval)
+        ax.errorbar([p[0] / 1e3 for p in pts], [100 * p[1] for p in pts], yerr=[196 * p[2] for p in pts],
+                    marker=marker, label=m, capsize=2)
     uni = [r for r in rows if r["kind"] == "uniform"]
     if uni:
         ax.scatter([r["sizes"]["total_bytes"] / 1e3 for r in uni], [100 * r["top1"] for r in uni], marker="x",

@@ -72,10 +72,21 @@ def evaluate(decisions: List[Path] = typer.Argument(None, help="Decision JSON fi
         except ValueError:
             raise UsageError(f"--uniform {uniform!r}: use a comma list of widths and/or float, e.g. 2,4,8 "
                              f"or float") from None
+    from ..stats import paired_comparisons
+
+    def partial(done):
+        """What is finished so far, written as it finishes: a run stopped by a time limit keeps it."""
+        if output is not None:
+            write_json(output, {"fingerprint": s.fingerprint, "partial": True,
+                                "results": [{k: v for k, v in r.items() if k != "correct"} for r in done]})
+
     rows = evaluate_uniform(s, widths) if uniform is not None else []
+    if rows:
+        partial(rows)
     for where, d in docs:
         rows.append(evaluate_onnx(s, where, d) if where.endswith(".onnx") else evaluate_decision(s, d, where))
-    result = {"fingerprint": s.fingerprint, "results": rows}
+        partial(rows)
+    result = {"fingerprint": s.fingerprint, "results": rows, "comparisons": paired_comparisons(rows)}
     if output is not None:
         write_json(output, result)
     if as_json:

@@ -43,12 +43,17 @@ def inspect(config: Optional[Path] = ConfigOpt,
         print_json(rep)
         return
     for m, info in rep["methods"].items():
-        t = Table(title=f"{m}: per-layer sensitivity (batches {info['batches'][0]}..{info['batches'][-1]})")
+        t = Table(title=f"{m}: per-layer sensitivity (batches {info['batches'][0]}..{info['batches'][-1]})",
+                  caption="value ± standard error across batches; * within two standard errors of zero"
+                  if info.get("per_layer_se") else None)
         t.add_column("layer")
         for b in rep["candidates"]:
             t.add_column(f"{b}-bit", justify="right")
-        for name, vals in zip(rep["layers"], info["per_layer"]):
-            t.add_row(name, *[f"{v:.4g}" for v in vals])
+        ses = info.get("per_layer_se") or [None] * len(info["per_layer"])
+        for name, vals, se in zip(rep["layers"], info["per_layer"], ses):
+            # ± one standard error across batches; * marks a value within two of zero
+            t.add_row(name, *[f"{v:.4g}" if s is None else f"{v:.4g} ± {s:.2g}{' *' if abs(v) <= 2 * s else ''}"
+                              for v, s in zip(vals, se or [None] * len(vals))])
         out.print(t)
     if heatmap is not None:
         out.print(f"heatmap: {heatmap}")

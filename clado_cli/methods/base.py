@@ -58,16 +58,25 @@ class Sensitivities:
     batches: List[int]
     values: Dict[str, np.ndarray] = field(repr=False)
     singles: np.ndarray = field(repr=False, default=None)
+    # standard error of each cached array's mean across the batches (None with one batch)
+    errors: Optional[Dict[str, np.ndarray]] = field(repr=False, default=None)
+    singles_se: Optional[np.ndarray] = field(repr=False, default=None)
 
     def negative_words(self) -> str:
         return "sensitivities"
 
     def warnings(self) -> List[str]:
-        neg = int((self.singles < 0).sum())
-        if not neg:
+        neg = self.singles < 0
+        if not neg.any():
             return []
-        return [f"{neg} of {len(self.singles)} {self.negative_words()} are negative: the estimate says quantizing "
-                f"those options lowers the loss, so even an unbinding budget may not pick the widest widths"]
+        noise = ""
+        if self.singles_se is not None:
+            within = int((neg & (np.abs(self.singles) <= 2 * self.singles_se)).sum())
+            noise = (f"; {within} of them lie within two standard errors of zero (batch noise, not a real gain)"
+                     if within else "; none lies within two standard errors of zero")
+        return [f"{int(neg.sum())} of {len(self.singles)} {self.negative_words()} are negative{noise}: the estimate "
+                f"says quantizing those options lowers the loss, so even an unbinding budget may not pick the "
+                f"widest widths"]
 
 
 class Method:
@@ -214,15 +223,16 @@ def load_sensitivities(cache: Cache, method: Method, ks: Optional[Sequence[int]]
     source's `cache.combine(...)` when the caller has it already (clado and naive share it)."""
     space = space_of(cache.manifest)
     src = get_method(method.source)
-    vals, samples, batches = combined if combined is not None else combine_checked(cache, src, ks)
-    base = Sensitivities(method=method.name, space=space, samples=samples, batches=list(batches), values=vals)
+    vals, samples, batches, errors = combined if combined is not None else combine_checked(cache, src, ks)
+    base = Sensitivities(method=method.name, space=space, samples=samples, batches=list(batches), values=vals,
+                         errors=errors)
     return method.make_sensitivities(base)
 
 
 def combine_checked(cache: Cache, method: Method, ks: Optional[Sequence[int]] = None):
     """`cache.combine` for a method's own directory, every batch's arrays checked as it is read."""
     space = space_of(cache.manifest)
-    return cache.combine(method.stored, ks,
+    return cache.combine(method.stored, ks, se=True,
                          check=lambda arrays, path: check_cached_arrays(method, space, arrays, f"cache file {path}"))
 
 

@@ -31,6 +31,8 @@ def pair_sensitivities(base: Sensitivities) -> PairSensitivities:
     if Lt.shape != (P, P):
         raise InputError(f"the cached CLADO sensitivities have shape {Lt.shape}, expected {(P, P)}")
     fields = {**vars(base), "singles": np.diag(Lt).copy()}
+    if base.errors is not None:
+        fields["singles_se"] = np.diag(base.errors["Ltilde"]).copy()
     return PairSensitivities(**fields, Ltilde=Lt, G=g_from_ltilde(Lt, base.space))
 
 

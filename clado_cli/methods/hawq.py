@@ -77,7 +77,10 @@ class Hawq(Method):
         v = base.values
         numel = np.array(base.space.numel, dtype=np.float64)
         s = hawq_sensitivity(v["traces"], v["qerr_sq"], numel).reshape(-1)
-        return TraceSensitivities(**{**vars(base), "singles": s}, s=s, traces=v["traces"])
+        # the quantization errors are the same in every batch: the traces carry the noise
+        se = hawq_sensitivity(base.errors["traces"], v["qerr_sq"], numel).reshape(-1) \
+            if base.errors is not None else None
+        return TraceSensitivities(**{**vars(base), "singles": s, "singles_se": se}, s=s, traces=v["traces"])
 
     def solve(self, sens, budget, opts: SolveOptions):
         return solve_linear(sens, budget, opts)

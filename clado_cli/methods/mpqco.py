@@ -83,7 +83,8 @@ class Mpqco(Method):
 
     def make_sensitivities(self, base):
         s = base.values["s"].reshape(-1)
-        return LinearSensitivities(**{**vars(base), "singles": s}, s=s)
+        se = base.errors["s"].reshape(-1) if base.errors is not None else None
+        return LinearSensitivities(**{**vars(base), "singles": s, "singles_se": se}, s=s)
 
     def solve(self, sens, budget, opts):
         return solve_linear(sens, budget, opts)

@@ -207,7 +207,7 @@ class PrepRun:
     def _summary(self, ks, computed, skipped, seconds, check: bool = True) -> PrepSummary:
         after = {"negative_singles": None}
         if check and (computed or skipped):
-            vals, _, _ = combine_checked(self.cache, self.method, ks)
+            vals = combine_checked(self.cache, self.method, ks)[0]
             after = self.method.after_prep(vals)
         extra = self.method.summary_extra(self.runner)
         return PrepSummary(

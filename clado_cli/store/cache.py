@@ -241,10 +241,11 @@ class Cache:
         return out
 
     def combine(self, kind: Stored, ks: Optional[Iterable[int]] = None,
-                check: Optional[Callable[[Dict[str, np.ndarray], Path], None]] = None
-                ) -> Tuple[Dict[str, np.ndarray], int, List[int]]:
-        """Sample-weighted mean of every array over the batches ks (all cached by default);
-        docs/methods.md, "Combining batches". `check(arrays, path)` sees each batch as read."""
+                check: Optional[Callable[[Dict[str, np.ndarray], Path], None]] = None, se: bool = False):
+        """Sample-weighted mean of every array over the batches ks (all cached by default):
+        (means, samples, batches); docs/methods.md, "Combining batches". `check(arrays, path)`
+        sees each batch as read. `se`: also the standard error of each mean across the batches
+        (None with one batch), from the same single read: docs/methods.md, "Noise"."""
         if isinstance(ks, range) and len(ks) > len(self.batches(kind)):
             # a range longer than what is cached (even --eb 10**12) is refused without listing it
             cached = self.batches(kind)
@@ -260,7 +261,9 @@ class Cache:
             raise CacheError(f"batches {ranges(missing)} of the {kind.label} are not cached in {self.fingerprint} "
                              f"(cached: {ranges(self.batches(kind)) or 'none'})")
         total: Dict[str, np.ndarray] = {}
-        n_total = 0
+        s1: Dict[str, np.ndarray] = {}   # Σ n_k² a_k
+        s2: Dict[str, np.ndarray] = {}   # Σ n_k² a_k²
+        n_total, w2 = 0, 0
         for k in ks:
             arrays, n = self.read_batch(kind, k)
             if check is not None:
@@ -268,8 +271,20 @@ class Cache:
             for name, a in arrays.items():
                 a = a.astype(np.float64)
                 total[name] = total[name] + n * a if name in total else n * a
+                if se:
+                    s1[name] = s1[name] + n * n * a if name in s1 else n * n * a
+                    s2[name] = s2[name] + n * n * a * a if name in s2 else n * n * a * a
             n_total += n
-        return {name: a / n_total for name, a in total.items()}, n_total, ks
+            w2 += n * n
+        means = {name: a / n_total for name, a in total.items()}
+        if not se:
+            return means, n_total, ks
+        K = len(ks)
+        errors = None
+        if K > 1:   # sqrt(K/(K-1) · Σ w_k² (a_k − ā)²), w_k = n_k / N
+            errors = {name: np.sqrt(np.maximum(K / (K - 1) * (s2[name] - 2 * m * s1[name] + m * m * w2), 0.0))
+                      / n_total for name, m in means.items()}
+        return means, n_total, ks, errors
 
     # -- claims (two processes on one cache never compute the same batch) -------------------
     @contextmanager
