@@ -199,3 +199,16 @@ def test_evaluate_keeps_the_decisions_eval_size(ctx: Ctx):
     r = invoke("evaluate", d, "--cache-dir", ctx.cache_dir, "-q", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["results"][0]["samples"] == 48
+
+
+def test_dry_run_names_the_cheaper_hawq_estimator_when_per_layer_takes_hours(shared_session, monkeypatch):
+    from clado_cli.methods import get_method
+    from clado_cli.prep import PrepRun
+
+    hawq = get_method("hawq")
+    assert hawq.cheaper_hint(shared_session, 0.01, 4, 60.0) is None
+    hint = hawq.cheaper_hint(shared_session, 0.01, 4, 5 * 3600.0)
+    assert "about 5.0 h" in hint and "--estimator all-layers" in hint
+    monkeypatch.setattr(type(hawq), "estimate", lambda self, s, fwd, eng: (9000.0, 100, {"hvp": 1}))
+    plan = PrepRun(shared_session, "hawq", 0, 1).plan()
+    assert "suggestion" in plan or plan["to_compute"] == []

@@ -75,6 +75,8 @@ def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model,
         out.print(f"{method}: would compute batches {summary['to_compute'] or 'none'} "
                   f"(cached: {summary['already_cached'] or 'none'}); per batch {summary['per_batch']}; "
                   f"about {summary['estimated_seconds']} s and {summary['estimated_cache_bytes']:,} bytes of cache")
+        if summary.get("suggestion"):
+            out.print(f"suggestion: {summary['suggestion']}")
     else:
         mem = summary["memory"]
         peak = mem.get("cuda_peak_allocated_bytes", mem["process_peak_rss_bytes"])

@@ -137,6 +137,10 @@ class Method:
         """--dry-run: (seconds per batch, bytes per cached batch file, work per batch)."""
         raise NotImplementedError
 
+    def cheaper_hint(self, session, forward_seconds: float, batches: int, seconds: float) -> Optional[str]:
+        """--dry-run: a cheaper setting worth naming when this one would take long."""
+        return None
+
     def batch_meta(self, cfg, engine: Optional[str]) -> Dict[str, Any]:
         """What a batch's sidecar records about how it was computed."""
         return {"engine": engine}

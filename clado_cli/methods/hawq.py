@@ -69,6 +69,15 @@ class Hawq(Method):
         passes = p.hawq_max_iter * (L if p.hawq_estimator == "per-layer" else 1)
         return passes * forward_seconds * 4, 8 * L * (B + 3) + 300, {"hessian_vector_products_at_most": passes}
 
+    def cheaper_hint(self, session, forward_seconds, batches, seconds):
+        """Per-layer probes cost L times the all-layers ones: name the saving past an hour."""
+        p = session.cfg.prep
+        if p.hawq_estimator != "per-layer" or seconds < 3600:
+            return None
+        fast = p.hawq_max_iter * forward_seconds * 4 * batches
+        return (f"the per-layer estimator would take about {seconds / 3600:.1f} h; --estimator all-layers takes "
+                f"about {fast / 60:.0f} min (one probe for all layers, noisier traces: docs/performance.md)")
+
     def expected_arrays(self, space):
         L, B = space.n_layers, len(space.candidates)
         return {"traces": (L,), "iterations": (L,), "qerr_sq": (L, B), "numel": (L,)}

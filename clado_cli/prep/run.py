@@ -231,7 +231,7 @@ class PrepRun:
             model(x)
             fwd = time.time() - t
         per_batch_seconds, per_file, work = self.method.estimate(self.session, fwd, self.engine)
-        return {
+        plan = {
             "method": self.method.name, "dry_run": True, "fingerprint": self.session.fingerprint,
             "cache": str(self.cache.root), "batches": self.ks, "to_compute": todo,
             "already_cached": [k for k in self.ks if k not in todo],
@@ -239,6 +239,10 @@ class PrepRun:
             "estimated_seconds": round(per_batch_seconds * len(todo), 2),
             "estimated_cache_bytes": per_file * len(todo),
         }
+        hint = self.method.cheaper_hint(self.session, fwd, len(todo), per_batch_seconds * len(todo))
+        if hint:
+            plan["suggestion"] = hint
+        return plan
 
 
 def run_prep(session, method: str, sb: int, eb: int, force: bool = False, engine: Optional[str] = None,
