@@ -20,6 +20,23 @@ def fixed_bytes_of(manifest: Dict[str, Any]) -> float:
     return sum(k * bits / 8 for _, k in manifest["layers"]["fixed"])
 
 
+def costs_of(cache: Cache, bits_by_layer: Dict[str, int]) -> Dict[str, Any]:
+    """Every cost of a decision beside its size: MACs and BOPs (MACs · weight bits · activation
+    bits; docs/methods.md, "Sizes and budgets") of the decided and the fixed layers, when the
+    cache holds the layers' MAC counts (measured by prep)."""
+    macs = cache.load_layer_costs()
+    if macs is None:
+        return {"bops": None, "macs": None}
+    m = cache.manifest
+    a = m["quant"]["activation_bits"]
+    fw, fa = m["layers"]["fixed_weight_bits"], m["layers"]["fixed_activation_bits"]
+    fixed = [n for n, _ in m["layers"]["fixed"]]
+    decided_bops = sum(macs[n] * b * a for n, b in bits_by_layer.items())
+    fixed_bops = sum(macs[n] * fw * fa for n in fixed)
+    return {"macs": {"decided": sum(macs[n] for n in bits_by_layer), "fixed": sum(macs[n] for n in fixed)},
+            "bops": {"decided": decided_bops, "fixed": fixed_bops, "total": decided_bops + fixed_bops}}
+
+
 def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predicted: float,
                   psd: Optional[str], config: Dict[str, Any]) -> Dict[str, Any]:
     m = cache.manifest
@@ -37,6 +54,7 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
         "layers": {name: {"w_bits": int(b), "a_bits": a_bits} for name, b in zip(sens.space.layer_names, res.bits)},
         "fixed_layers": {name: {"w_bits": fw, "a_bits": fa} for name, _ in m["layers"]["fixed"]},
         "sizes": sizes_triple(sens.space.size_of(res.choice), fixed_bytes_of(m)),
+        "costs": costs_of(cache, {name: int(b) for name, b in zip(sens.space.layer_names, res.bits)}),
         "predicted_loss_increase": predicted,
         "solver": res.to_dict(),
         "warnings": warnings,

@@ -79,6 +79,17 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
                              f"fixed layers are at {want[0]}/{want[1]} bits in this set-up")
 
 
+def bops_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, int]:
+    """BOPs of the model as evaluated: decided layers at their widths, fixed at theirs, every
+    input activation at its width (MACs per sample at the data's input shape)."""
+    macs, cfg = session.layer_macs, session.cfg
+    a = cfg.quant.activation_bits
+    decided = sum(macs[l.name] * bits_by_layer[l.name] * a for l in session.plan.decided)
+    fixed = sum(macs[l.name] * cfg.layers.fixed_weight_bits * cfg.layers.fixed_activation_bits
+                for l in session.plan.fixed)
+    return {"decided": decided, "fixed": fixed, "total": decided + fixed}
+
+
 def decision_label(decision: Dict[str, Any]) -> str:
     """`method @ budget`, with the PSD treatment for CLADO (clip is the release's, the others
     exact): `clado/clip @ avg:3`."""
@@ -104,7 +115,7 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
         session.qmodel.reset()
     return {"kind": "decision", "method": decision["method"], "budget": decision["budget"],
             "label": decision_label(decision),
-            **metrics, "sizes": sizes_for(session, bits),
+            **metrics, "sizes": sizes_for(session, bits), "bops": bops_for(session, bits),
             "predicted_loss_increase": decision.get("predicted_loss_increase"),
             "measured_loss_increase": (decision.get("measured") or {}).get("sensitivity", {}).get("loss_increase"),
             "held_out_loss_increase": ((decision.get("measured") or {}).get("held_out") or {}).get("loss_increase"),
@@ -133,5 +144,6 @@ def evaluate_uniform(session, widths: Iterable[int], include_float: bool = True)
         finally:
             qm.reset()
         rows.append({"kind": "uniform", "bits": b, "label": f"uniform {b}-bit", **m,
-                     "sizes": sizes_for(session, {n: b for n in session.plan.decided_names})})
+                     "sizes": sizes_for(session, {n: b for n in session.plan.decided_names}),
+                     "bops": bops_for(session, {n: b for n in session.plan.decided_names})})
     return rows

@@ -15,8 +15,11 @@ def layers_report(session) -> Dict[str, Any]:
     decided_numel = sum(l.numel for l in plan.decided)
     fixed_bytes = sum(l.numel * fixed_bits / 8 for l in plan.fixed)
     layers = []
+    macs = session.layer_macs
     for l in plan.all():
         d = l.to_dict()
+        if l.name in macs:
+            d["macs"] = macs[l.name]
         if l.role == "decided":
             d["bytes"] = {str(b): l.numel * b / 8 for b in cands}
         elif l.role == "fixed":
@@ -33,6 +36,8 @@ def layers_report(session) -> Dict[str, Any]:
         "layers": layers,
         "counts": {"decided": L, "fixed": len(plan.fixed), "skipped": len(plan.skipped), "options": L * B},
         "decided_numel": decided_numel,
+        # multiply-accumulates per sample at the data's input shape (BOPs = MACs · w · a)
+        "macs": {"decided": sum(macs[l.name] for l in plan.decided), "fixed": sum(macs[l.name] for l in plan.fixed)},
         "uniform_sizes": {str(b): {"decided_bytes": decided_numel * b / 8, "fixed_bytes": fixed_bytes,
                                    "total_bytes": decided_numel * b / 8 + fixed_bytes} for b in cands},
         "clado_prep_per_batch": {"forward_passes": measurement_count(L, B), "singles": L * B,

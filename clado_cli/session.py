@@ -120,6 +120,14 @@ class Session:
                              f"classes (labels 0..{classes - 1}); set model.num_classes or use a matching model")
 
     @cached_property
+    def layer_macs(self) -> Dict[str, int]:
+        """MACs per sample of every decided and fixed layer at the data's input shape."""
+        from .quant.costs import layer_macs
+
+        names = [l.name for l in self.plan.decided + self.plan.fixed]
+        return layer_macs(self.float_model, self.example_input, names)
+
+    @cached_property
     def weights_hash(self) -> str:
         from .models import weights_hash
 

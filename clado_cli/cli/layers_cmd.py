@@ -28,7 +28,7 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
         return
     cands = rep["candidates"]
     t = Table(title=f"{rep['model']} on {rep['data']}: layers")
-    for col in ["#", "layer", "type", "role", "params", *[f"{b}-bit" for b in cands], "note"]:
+    for col in ["#", "layer", "type", "role", "params", "MACs", *[f"{b}-bit" for b in cands], "note"]:
         # layer names are never cut: they wrap (fold) at narrow widths; numbers stay on one line
         t.add_column(col, justify="right" if col not in ("layer", "type", "role", "note") else "left",
                      overflow="fold" if col in ("layer", "note") else "ellipsis",
@@ -36,7 +36,8 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
     for i, l in enumerate(rep["layers"]):
         sizes = [format_bytes(l["bytes"][str(b)]) if l.get("bytes") and str(b) in l["bytes"] else "" for b in cands]
         note = l["reason"] + (f" groups={l['groups']}" if l.get("groups", 1) > 1 else "")
-        t.add_row(str(i), l["name"], l["kind"], l["role"], f"{l['numel']:,}", *sizes, note)
+        macs = f"{l['macs']:,}" if "macs" in l else ""
+        t.add_row(str(i), l["name"], l["kind"], l["role"], f"{l['numel']:,}", macs, *sizes, note)
     out.print(t)
     u = Table(title="uniform sizes (fixed layers at their fixed precision)")
     for col in ["weights", "decided", "fixed", "total"]:

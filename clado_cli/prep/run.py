@@ -117,6 +117,8 @@ class PrepRun:
                 cache.forget_params(self.kind)
             cache.check_params(self.kind, self.method.cache_params(self.session.cfg))
         self.session.qmodel  # noqa: B018  calibrates (or loads the cached calibration) before any timing
+        if params and self.cache.load_layer_costs() is None:
+            self.cache.save_layer_costs(self.session.layer_macs)
         self.runner, engine, why = self.method.runner(self.session, self.engine)
         if why:
             warn(why)

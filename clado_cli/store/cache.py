@@ -363,6 +363,27 @@ class Cache:
         atomic_write(p, data)
         atomic_write(p.with_suffix(".json"), _json_bytes({"sha256": sha256_bytes(data)}))
 
+    # -- per-layer costs (not part of the fingerprint: they follow from the manifest) ----------
+    def save_layer_costs(self, macs: Mapping[str, int]) -> None:
+        """MACs per sample of each decided and fixed layer, measured once by a forward pass."""
+        self.ensure()
+        atomic_write(self.root / "layer_costs.json", _json_bytes({"macs": {k: int(v) for k, v in macs.items()}}))
+
+    def load_layer_costs(self) -> Optional[Dict[str, int]]:
+        """The saved MACs per layer, or None; a file that does not fit the manifest is an error."""
+        p = self.root / "layer_costs.json"
+        if not p.is_file():
+            return None
+        data = _read_json(p, "layer costs")
+        macs = data.get("macs") if isinstance(data, dict) else None
+        layers = self.manifest.get("layers", {})
+        names = {n for n, _ in layers.get("decided", []) + layers.get("fixed", [])}
+        if not isinstance(macs, dict) or set(macs) != names or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in macs.values()):
+            raise CacheError(f"{p} does not hold non-negative MAC counts for exactly this cache's layers; "
+                             f"delete it (the next prep measures them again)")
+        return macs
+
     # -- checking --------------------------------------------------------------------------
     def verify(self, kinds: Optional[Sequence[Stored]] = None,
                check: Optional[Callable[[Stored, Dict[str, np.ndarray], Path], None]] = None) -> List[str]:
