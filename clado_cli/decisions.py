@@ -30,14 +30,9 @@ def schema() -> Dict[str, Any]:
 
 
 def validate_decision(d: Any, where: str = "decision") -> Dict[str, Any]:
-    import jsonschema
+    from .plaindata import validate_schema
 
-    try:
-        jsonschema.validate(d, schema())
-    except jsonschema.ValidationError as exc:
-        path = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise InputError(f"{where} is not a valid clado decision: {path}: {exc.message}") from None
-    return d
+    return validate_schema(d, schema(), f"{where} is not a valid clado decision", InputError)
 
 
 def read_decision(path) -> Dict[str, Any]:

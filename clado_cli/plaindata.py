@@ -45,3 +45,15 @@ def load_json_text(text: str, where: str, error: Type[CladoError]) -> Any:
     except (json.JSONDecodeError, ValueError) as exc:
         raise error(f"{where} is not valid JSON: {exc}") from None
     return check_plain(obj, where, error)
+
+
+def validate_schema(doc: Any, schema: dict, what: str, error: Type[CladoError]) -> Any:
+    """`doc` against a JSON Schema; the first violation as one line naming its path."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(doc, schema)
+    except jsonschema.ValidationError as exc:
+        path = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise error(f"{what}: {path}: {exc.message}") from None
+    return doc

@@ -34,14 +34,9 @@ def encodings_doc(specs: List[QuantizerSpec], decision: Mapping[str, Any]) -> Di
 
 
 def validate_encodings(doc: Any, where: str = "encodings") -> Dict[str, Any]:
-    import jsonschema
+    from ..plaindata import validate_schema
 
-    try:
-        jsonschema.validate(doc, schema())
-    except jsonschema.ValidationError as exc:
-        path = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise InputError(f"{where} is not a valid clado encodings file: {path}: {exc.message}") from None
-    return doc
+    return validate_schema(doc, schema(), f"{where} is not a valid clado encodings file", InputError)
 
 
 def read_encodings(path) -> Tuple[Dict[str, Any], List[QuantizerSpec]]:

@@ -19,28 +19,26 @@ from .quantizers import QuantizerSpec
 MARKER_DOMAIN = "clado"
 
 
-class _InputMarker(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, idx):
-        return x.clone()
+def _marker(op: str):
+    """An identity whose ONNX form is the node `clado::<op>(index)`, marking a tensor to quantize."""
 
-    @staticmethod
-    def symbolic(g, x, idx):
-        out = g.op(f"{MARKER_DOMAIN}::QuantizedInput", x, index_i=idx)
-        out.setType(x.type())
-        return out
+    class Marker(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t, idx):
+            return t.clone()
+
+        @staticmethod
+        def symbolic(g, t, idx):
+            out = g.op(f"{MARKER_DOMAIN}::{op}", t, index_i=idx)
+            out.setType(t.type())
+            return out
+
+    Marker.__name__ = f"{op}Marker"
+    return Marker
 
 
-class _WeightMarker(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w, idx):
-        return w.clone()
-
-    @staticmethod
-    def symbolic(g, w, idx):
-        out = g.op(f"{MARKER_DOMAIN}::QuantizedWeight", w, index_i=idx)
-        out.setType(w.type())
-        return out
+_InputMarker = _marker("QuantizedInput")
+_WeightMarker = _marker("QuantizedWeight")
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -9,7 +9,7 @@ from typing import Dict, Iterable
 import torch
 import torch.nn as nn
 
-from .layers import QUANTIZABLE
+from .layers import QUANTIZABLE, run_with_hooks
 
 
 def layer_macs(model: nn.Module, example: torch.Tensor, names: Iterable[str]) -> Dict[str, int]:
@@ -18,25 +18,18 @@ def layer_macs(model: nn.Module, example: torch.Tensor, names: Iterable[str]) ->
     wanted = set(names)
     macs: Dict[str, int] = {n: 0 for n in wanted}
     batch = example.shape[0]
-    handles = []
-    for name, mod in model.named_modules():
-        if name not in wanted or not isinstance(mod, QUANTIZABLE):
-            continue
 
-        def hook(m, inp, out, name=name):
+    def counter(name):
+        def hook(m, inp, out):
             if isinstance(m, nn.Linear):
                 per_output = m.in_features
             else:
                 per_output = (m.in_channels // m.groups) * math.prod(m.kernel_size)
             macs[name] += int(out.numel() // batch) * int(per_output)
+        return hook
 
-        handles.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, example, {n: counter(n) for n, m in model.named_modules()
+                                    if n in wanted and isinstance(m, QUANTIZABLE)})
     return macs
 
 

@@ -57,21 +57,33 @@ def _matches(name: str, patterns: List[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def call_order(model: nn.Module, example: torch.Tensor) -> Dict[str, int]:
-    """Names of quantizable modules -> number of calls, in the order of their first call."""
-    order: Dict[str, int] = {}
+def run_with_hooks(model: nn.Module, example: torch.Tensor, hooks, pre: bool = False) -> None:
+    """One forward pass of `example` (no grad) with `hooks` {module name: hook} registered on the
+    named modules (forward hooks, or forward pre-hooks with `pre`), removed afterwards."""
     handles = []
     for name, mod in model.named_modules():
-        if isinstance(mod, QUANTIZABLE):
-            def hook(_m, _inp, name=name):
-                order[name] = order.get(name, 0) + 1
-            handles.append(mod.register_forward_pre_hook(hook))
+        if name in hooks:
+            register = mod.register_forward_pre_hook if pre else mod.register_forward_hook
+            handles.append(register(hooks[name]))
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
+
+
+def call_order(model: nn.Module, example: torch.Tensor) -> Dict[str, int]:
+    """Names of quantizable modules -> number of calls, in the order of their first call."""
+    order: Dict[str, int] = {}
+
+    def counter(name):
+        def hook(_m, _inp):
+            order[name] = order.get(name, 0) + 1
+        return hook
+
+    run_with_hooks(model, example, {n: counter(n) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)},
+                   pre=True)
     return order
 
 
