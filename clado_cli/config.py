@@ -43,6 +43,9 @@ class DataConfig(_Section):
     eb: int = Field(default=15, ge=0)
     seed: int = 0
     calibration_size: int = Field(default=1024, gt=0)
+    # which end of the seeded permutation the calibration images come from: tail (disjoint from
+    # the sensitivity batches, which start at its head) or head (the release's: overlaps them)
+    calibration_from: Literal["tail", "head"] = "tail"
     # which split to evaluate on: test (digits/idx), val (imagefolder)
     eval_split: Literal["test", "val", "train"] = "test"
     # evaluate on at most this many images (None: all of the split)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
-from .console import log
+from .console import log, warn
 from .errors import EnvironmentProblem, UsageError
 from .optimize import OptionSpace, check_budget, resolve_budget_spec
 
@@ -62,10 +62,14 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     for d in decisions:
         rows.append(evaluate_decision(session, d, where=decision_file_name(d)))
     comparisons = paired_comparisons(rows)
+    splits = session.splits()
+    if splits["sensitivity_calibration_overlap"] or splits["evaluation"] == "the training images":
+        warn(f"overlapping splits: {splits['sensitivity_calibration_overlap']} sensitivity images are also "
+             f"calibration images; evaluation on {splits['evaluation']}")
     plot = pareto_plot(rows, out_dir / "pareto.png",
                        f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs size ({len(ks)} sensitivity batch(es))")
     results = {"clado_version": __version__, "fingerprint": session.fingerprint, "config": cfg.to_dict(),
-               "prep": preps, "results": rows, "comparisons": comparisons, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
+               "prep": preps, "splits": splits, "results": rows, "comparisons": comparisons, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
     if export_dir is not None:   # every decision as ONNX (QDQ) and encodings (docs/export.md)
         from .export import export_all
 

@@ -145,7 +145,9 @@ class Session:
             "model": {"name": canonical_name(c.model.name), "weights": c.model.weights,
                       "weights_sha256": self.weights_hash},
             "data": {"dataset": c.data.dataset, "bs": c.data.bs, "seed": c.data.seed,
-                     "calibration_size": c.data.calibration_size, "image_size": c.data.image_size},
+                     "calibration_size": c.data.calibration_size, "image_size": c.data.image_size,
+                     # absent for "head", so caches made before the choice existed keep their name
+                     **({"calibration_from": "tail"} if c.data.calibration_from == "tail" else {})},
             "quant": c.quant.model_dump(mode="json"),
             "layers": {
                 "decided": [[l.name, l.numel] for l in self.plan.decided],
@@ -187,7 +189,8 @@ class Session:
 
                         def batches():
                             for x, _ in calibration_batches(self.data.train, c.data.calibration_size,
-                                                            c.data.bs, c.data.seed, c.data.workers):
+                                                            c.data.bs, c.data.seed, c.data.workers,
+                                                            c.data.calibration_from):
                                 yield x
                                 bar.advance(task)
 
@@ -200,6 +203,17 @@ class Session:
         if state is not None:
             qm.load_quant_state(state)
         return qm
+
+    def splits(self) -> Dict[str, Any]:
+        """Which images play which part, and where they overlap (reported by `clado run`)."""
+        from .data.batches import split_overlaps
+
+        d = self.cfg.data
+        out = split_overlaps(len(self.data.train), d.bs, d.sb, d.eb, d.calibration_size, d.seed, d.calibration_from)
+        out["calibration_from"] = d.calibration_from
+        same = d.eval_split == "train" or self.data.eval is self.data.train
+        out["evaluation"] = "the training images" if same else f"the {d.eval_split} split (disjoint)"
+        return out
 
     def sensitivity_batch(self, k: int):
         from .data import sensitivity_batch

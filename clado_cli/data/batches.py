@@ -53,18 +53,35 @@ def _check_range(n: int, sb: int, eb: int, bs: int) -> int:
     return n
 
 
-def calibration_indices(n: int, size: int, seed: int) -> torch.Tensor:
-    """Indices of the calibration images: the first min(size, n) of the seeded permutation."""
+def calibration_indices(n: int, size: int, seed: int, position: str = "tail") -> torch.Tensor:
+    """Indices of the calibration images: the last min(size, n) of the seeded permutation
+    ("tail", disjoint from the sensitivity batches, which come from its head, whenever the split
+    holds both), or the first ("head", the release's choice, which overlaps batch 0 on)."""
     if size <= 0:
         raise UsageError(f"calibration size must be positive, got {size}")
-    return permutation(n, seed)[: min(int(size), n)]
+    k = min(int(size), n)
+    perm = permutation(n, seed)
+    if position == "head":
+        return perm[:k]
+    if position != "tail":
+        raise UsageError(f"calibration position must be head or tail, not {position!r}")
+    return perm[n - k:]
 
 
-def calibration_batches(train_ds: Dataset, size: int, bs: int, seed: int, workers: int = 0) -> Iterator[Batch]:
-    """The first `size` images of the seeded permutation of the training split (the whole split
-    if it is smaller), in batches of `bs`; the last batch may be partial."""
+def calibration_batches(train_ds: Dataset, size: int, bs: int, seed: int, workers: int = 0,
+                        position: str = "tail") -> Iterator[Batch]:
+    """The calibration images (see calibration_indices) in batches of `bs`; the last batch may
+    be partial."""
     _check_bs(bs)
-    return _batched(train_ds, calibration_indices(len(train_ds), size, seed), bs, workers)
+    return _batched(train_ds, calibration_indices(len(train_ds), size, seed, position), bs, workers)
+
+
+def split_overlaps(n: int, bs: int, sb: int, eb: int, calibration_size: int, seed: int, position: str) -> dict:
+    """How many sensitivity images are also calibration images (docs/methods.md, "Terms")."""
+    sens = set(permutation(n, seed)[sb * bs:(eb + 1) * bs].tolist())
+    cal = set(calibration_indices(n, calibration_size, seed, position).tolist())
+    return {"sensitivity_images": len(sens), "calibration_images": len(cal),
+            "sensitivity_calibration_overlap": len(sens & cal)}
 
 
 def eval_batches(eval_ds: Dataset, bs: int, limit: Optional[int] = None, workers: int = 0) -> Iterator[Batch]:

@@ -426,16 +426,24 @@ def test_workers_give_the_same_batches(tmp_path):
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_calibration_batches_are_permutation_prefix(digits):
-    perm = permutation(len(digits.train), 0)
+def test_calibration_batches_come_from_the_permutations_tail_or_head(digits):
+    from clado_cli.data.batches import split_overlaps
+
+    n = len(digits.train)
+    perm = permutation(n, 0)
     batches = list(calibration_batches(digits.train, 100, 32, seed=0))
     assert [b[0].shape[0] for b in batches] == [32, 32, 32, 4]
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
-    assert torch.equal(x, digits.train.images[perm[:100]])
-    assert torch.equal(y, digits.train.labels[perm[:100]])
-    # same permutation as the sensitivity batches: calibration overlaps batch 0 by design
-    assert torch.equal(x[:32], sensitivity_batch(digits.train, 0, 32, seed=0)[0])
+    assert torch.equal(x, digits.train.images[perm[n - 100:]])
+    assert torch.equal(y, digits.train.labels[perm[n - 100:]])
+    # tail (default): disjoint from the sensitivity batches while the split holds both
+    assert split_overlaps(n, 32, 0, 3, 100, 0, "tail")["sensitivity_calibration_overlap"] == 0
+    assert split_overlaps(n, 64, 0, 15, 1024, 0, "tail")["sensitivity_calibration_overlap"] == 1024 + 1024 - n
+    # head (the release's): the same permutation's prefix, which overlaps batch 0 on
+    head = torch.cat([b[0] for b in calibration_batches(digits.train, 100, 32, seed=0, position="head")])
+    assert torch.equal(head[:32], sensitivity_batch(digits.train, 0, 32, seed=0)[0])
+    assert split_overlaps(n, 32, 0, 3, 100, 0, "head")["sensitivity_calibration_overlap"] == 100
 
 
 def test_calibration_larger_than_split(digits):
