@@ -193,6 +193,38 @@ def solve_subproblem(prog: OneHotProgram, opts: np.ndarray, free: np.ndarray) ->
     return out
 
 
+def _marginal_layers(prog: OneHotProgram, opts: np.ndarray, k: int, rng: Optional[np.random.Generator]) -> np.ndarray:
+    """k layers at the margin of the budget: those whose best widening gains most per byte and
+    those whose best narrowing loses least per byte freed (a budget exchange among several of
+    them is what single and pair moves miss). The best ranked without rng; with it, drawn with
+    weights falling 20% per rank."""
+    st = _State(prog, opts)
+    d = st.single_deltas()
+    ds = (prog.size - prog.size[st.current()]).astype(float)
+    L = prog.n_layers
+    up = np.full(L, np.inf)
+    down = np.full(L, np.inf)
+    grow, shrink = ds > 0, ds < 0
+    np.minimum.at(up, prog.layer[grow], d[grow] / ds[grow])
+    np.minimum.at(down, prog.layer[shrink], d[shrink] / -ds[shrink])
+    chosen: List[int] = []
+    for score, want in ((up, (k + 1) // 2), (down, k // 2)):
+        order = [int(l) for l in np.argsort(score, kind="stable") if np.isfinite(score[l]) and l not in chosen][: 3 * k]
+        take = min(len(order), want)
+        if take <= 0:
+            continue
+        if rng is None:
+            chosen += order[:take]
+        else:
+            w = 0.8 ** np.arange(len(order))
+            chosen += [int(l) for l in rng.choice(order, size=take, replace=False, p=w / w.sum())]
+    if len(chosen) < k:
+        rest = np.setdiff1d(np.arange(L), chosen)
+        extra = rest[:k - len(chosen)] if rng is None else rng.choice(rest, size=k - len(chosen), replace=False)
+        chosen += [int(l) for l in extra]
+    return np.array(chosen[:k])
+
+
 def neighbourhood_search(prog: OneHotProgram, opts: np.ndarray, deadline: float, rng: np.random.Generator,
                          max_rounds: int = 10_000, patience: int = 0) -> np.ndarray:
     """Free a few layers at a time (random ones, or one layer with those it interacts with most),
@@ -216,7 +248,10 @@ def neighbourhood_search(prog: OneHotProgram, opts: np.ndarray, deadline: float,
     for round_ in range(max_rounds):
         if time.perf_counter() >= deadline or stale >= patience:
             break
-        if round_ % 2 == 0:
+        kind = round_ % 3
+        if kind == 0:
+            free = _marginal_layers(prog, best_opts, k, rng if round_ else None)
+        elif kind == 1:
             free = rng.choice(L, size=k, replace=False)
         else:
             seed = int(rng.integers(L))

@@ -409,13 +409,15 @@ def solve_iqp(
     solver: str = "auto",
     time_limit: float = 120.0,
     heuristic_seconds: Optional[float] = None,
+    formulation: Optional[str] = None,
 ) -> SolveResult:
     """CLADO's program: minimize x'Gx over one-hot x within the budget.
 
     psd="exact" minimizes x'Gx itself (see the module text); psd="shift" minimizes x'(G+λI)x,
     whose argmin over one-hot x is that of G; psd="clip" minimizes x'Cx with C = G with negative
     eigenvalues clipped (the release; changes the problem). heuristic_seconds: time for the
-    incumbent of exact (default min(1 s, 10% of time_limit)).
+    incumbent of exact (default min(1 s, 10% of time_limit)). formulation (exact, highs and
+    scip): one of exact.FORMULATIONS, default exact.DEFAULT_FORMULATION.
     """
     n = space.n_options
     G = finite_array(G, (n, n), "G")
@@ -425,7 +427,10 @@ def solve_iqp(
     time_limit = _checked_time_limit(time_limit)
     check_budget(space, budget_bytes)
     if psd == "exact":
-        return _solve_exact(G, space, budget_bytes, solver, time_limit, heuristic_seconds)
+        formulation = formulation or exact_highs.DEFAULT_FORMULATION
+        if formulation not in exact_highs.FORMULATIONS:
+            raise UsageError(f"unknown formulation {formulation!r}; choose one of: {', '.join(exact_highs.FORMULATIONS)}")
+        return _solve_exact(G, space, budget_bytes, solver, time_limit, heuristic_seconds, formulation)
     abs_tol = _abs_tolerance(G, space)
     if psd == "clip":
         Q, lam, gaps = clip_psd(G), None, (REL_GAP, ABS_GAP)
@@ -474,7 +479,7 @@ def solve_iqp(
 
 
 def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: str, time_limit: float,
-                 heuristic_seconds: Optional[float]) -> SolveResult:
+                 heuristic_seconds: Optional[float], formulation: str) -> SolveResult:
     started = time.perf_counter()
     deadline = started + time_limit
     prog = _program(G, space, budget_bytes)
@@ -507,7 +512,7 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
         if backend.name == "highs":
             try:
                 with _solver_output_to_stderr():
-                    out = exact_highs.solve(prog, opts, deadline, REL_GAP, abs_tol)
+                    out = exact_highs.solve(prog, opts, deadline, REL_GAP, abs_tol, formulation=formulation)
             except Exception as exc:  # highspy failing is reported, and auto goes on
                 if explicit:
                     raise SolverError(f"highs failed ({exc}); try another solver: scip, gurobi") from exc
@@ -516,11 +521,11 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
             proven = out.proven or _closed(out.value, out.bound, abs_tol)
             status = "time_limit" if time.perf_counter() >= deadline - 0.01 else "not_proven"
             return result(out.opts, out.bound, out.root_bound, proven, status, "highs",
-                          f"{why}; {inc_note}; " + "; ".join(out.notes))
+                          f"{why}; formulation {formulation}; {inc_note}; " + "; ".join(out.notes))
         if remaining <= 0:
             break
         lam = shift_lambda(G) if backend.name == "gurobi" else 0.0
-        model_of = _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam)
+        model_of = _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, exact_highs.FORMULATIONS[formulation][0])
         try:
             r = _solve(space, budget_bytes, backend.name, remaining, model_of, lambda x: float(x @ G @ x),
                        gaps=(0.0, max(abs_tol, REL_GAP * abs(inc_value))), order=EXACT_AUTO_ORDER,
@@ -545,7 +550,7 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
                   f"{note}: the heuristic's choice ({inc_note}), not proven optimal; install highspy for a proof")
 
 
-def _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam):
+def _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, budget_rlt):
     """build(backend) for scip (the linearization with budget RLT rows) and gurobi (x'(G+λI)x,
     which is x'Gx + λL on one-hot x); both start from the incumbent where CVXPY passes it on."""
 
@@ -560,7 +565,7 @@ def _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam):
             objective = cp.quad_form(x, cp.psd_wrap(G + lam * np.eye(n)))
             formulation = f"quadratic objective x'(G+λI)x on {n} binaries, λ = {lam:.3g}, reported as x'Gx"
         else:
-            m = build_linearization(prog)
+            m = build_linearization(prog, budget_rlt=budget_rlt)
             y = cp.Variable(m.n_cols - n, nonneg=True)
             A = m.A.tocsc()
             Ax = A[:, :n] @ x + A[:, n:] @ y
@@ -568,7 +573,7 @@ def _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam):
             up = np.isfinite(m.row_upper) & ~eq
             constraints += [Ax[np.nonzero(eq)[0]] == m.row_lower[eq], Ax[np.nonzero(up)[0]] <= m.row_upper[up], y <= 1]
             objective = m.c[:n] @ x + m.c[n:] @ y + m.offset
-            formulation = (f"pair linearization with one-hot and budget RLT rows: {n} binaries, "
+            formulation = (f"pair linearization with one-hot{' and budget' if budget_rlt else ''} RLT rows: {n} binaries, "
                            f"{m.n_cols - n} pair variables, {m.A.shape[0]} rows")
         return _Model(cp.Problem(cp.Minimize(objective), constraints), x, True, formulation)
 
