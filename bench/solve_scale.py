@@ -20,8 +20,9 @@ Instances (`--instances`, comma list; every one seeded by --seed):
   terms of random sign; indefinite like the real ones).
 Budget: decided bytes = smallest + `--budget-fraction` x (largest - smallest).
 
-Runs (`--runs`, comma list of solver:psd or `heuristic`): default every installed solver with
-psd exact, plus shift and clip on highs, plus the heuristic alone. Each run goes through
+Runs (`--runs`, comma list of solver:psd[:formulation] or `heuristic`): default every installed
+solver with psd exact (default formulation), plus shift and clip on highs, plus the heuristic
+alone (1 s). Formulations of exact (highs, scip): pair, pair+budget-rlt, root+pair+budget-rlt. Each run goes through
 clado_cli.optimize.solve_iqp with --time-limit. Columns: true objective x'Gx of the decision,
 its ratio to the best known value of that instance (best objective over all runs, or the best
 proven bound's instance optimum), the reported true gap (objective - bound)/|objective| in %,
@@ -164,9 +165,11 @@ def run_one(run: str, G, space, budget, time_limit) -> Dict:
         x = space.one_hot(choice)
         return {"run": run, "objective": float(x @ G @ x), "gap": None, "bound": None, "status": "heuristic",
                 "seconds": time.perf_counter() - started}
-    solver, _, psd = run.partition(":")
+    solver, _, rest = run.partition(":")
+    psd, _, formulation = rest.partition(":")
     try:
-        r = solve_iqp(G, space, budget, psd=psd or "exact", solver=solver, time_limit=time_limit)
+        r = solve_iqp(G, space, budget, psd=psd or "exact", solver=solver, time_limit=time_limit,
+                      formulation=formulation or None if (psd or "exact") == "exact" else None)
     except Exception as exc:  # a refusal or a failure is a row of the table too
         return {"run": run, "objective": None, "gap": None, "bound": None, "status": f"error: {exc}"[:60],
                 "seconds": time.perf_counter() - started}
@@ -186,10 +189,11 @@ def default_runs() -> List[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", default=DEFAULT_INSTANCES)
-    ap.add_argument("--runs", default=None, help="comma list of solver:psd (e.g. highs:exact, scip:shift) or heuristic")
+    ap.add_argument("--runs", default=None, help="comma list of solver:psd[:formulation] (e.g. highs:exact, "
+                    "highs:exact:pair+budget-rlt, scip:shift) or heuristic")
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--widths", type=int, default=3, help="candidate widths for <model> instances without xB")
-    ap.add_argument("--budget-fraction", type=float, default=0.35)
+    ap.add_argument("--budget-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="a CLADO cache directory <cache>/<fingerprint>")
     ap.add_argument("--torchvision", action="store_true", help="recompute layer sizes from torchvision")

@@ -132,9 +132,79 @@ def _greedy_up(prog: OneHotProgram, rng) -> np.ndarray:
         st.move(int(np.argmin(ratio)))
 
 
+def _repair(st: _State, keep_layer: int) -> None:
+    """Narrow other layers until the choice fits: cheapest loss per byte freed first, except that
+    at every step the chain may instead finish with the single narrowing of least loss that
+    covers all that is still over (the per-byte order overshoots with one large layer where a
+    small one would do); the best of these endings is taken."""
+    prog = st.prog
+    start_opts = st.opts.copy()
+    steps: List[int] = []
+    best_end, best_value = None, np.inf
+    while st.used > prog.capacity:
+        d = st.single_deltas()
+        saved = (prog.size[st.current()] - prog.size).astype(float)
+        ok = (saved > 0) & (prog.layer != keep_layer)
+        if not ok.any():
+            break
+        covers = ok & (saved >= st.used - prog.capacity)
+        if covers.any():
+            c = int(np.argmin(np.where(covers, d, np.inf)))
+            if st.value + d[c] < best_value:
+                best_end, best_value = (len(steps), c), st.value + d[c]
+        i = int(np.argmin(np.where(ok, d / np.where(ok, saved, 1.0), np.inf)))
+        st.move(i)
+        steps.append(i)
+    if st.used <= prog.capacity and st.value <= best_value:
+        return
+    if best_end is None:
+        return
+    # replay the best ending
+    for l, o in enumerate(start_opts):
+        st.move(int(o))
+    for i in steps[: best_end[0]] + [best_end[1]]:
+        st.move(i)
+
+
+def _fill(st: _State, keep_layer: int) -> None:
+    """Widen other layers, most gain per byte first, while a gain fits."""
+    prog = st.prog
+    while True:
+        d = st.single_deltas()
+        added = (prog.size - prog.size[st.current()]).astype(float)
+        ok = (added > 0) & (d < 0) & (st.used + added <= prog.capacity) & (prog.layer != keep_layer)
+        if not ok.any():
+            return
+        st.move(int(np.argmin(np.where(ok, d / np.where(ok, added, 1.0), np.inf))))
+
+
+def exchange(prog: OneHotProgram, opts: np.ndarray, deadline: float = np.inf) -> Optional[np.ndarray]:
+    """The best ejection chain: change one layer, then repair the budget by narrowing others
+    (cheapest per byte first) or spend what it freed by widening others (most gain per byte
+    first). It reaches trades of one wide layer against many narrow ones that single and pair
+    moves cannot. None when no chain improves."""
+    base = _State(prog, opts)
+    value = base.value
+    best, best_value = None, value - 1e-12 * max(1.0, abs(value))
+    d = base.single_deltas()
+    for i in np.argsort(d):
+        if time.perf_counter() >= deadline:
+            break
+        if i in base.opts:
+            continue
+        st = _State.__new__(_State)
+        st.prog, st.opts, st.g, st.used = prog, base.opts.copy(), base.g.copy(), base.used
+        st.move(int(i))
+        _repair(st, prog.layer[i])
+        _fill(st, prog.layer[i])
+        if st.used <= prog.capacity and st.value < best_value:
+            best, best_value = st.opts.copy(), st.value
+    return best
+
+
 def local_search(prog: OneHotProgram, opts: np.ndarray, deadline: float = np.inf, pairs: bool = True) -> np.ndarray:
     """Best-improvement descent over single-layer changes and, when none improves, changes of
-    two layers at once; every step stays within the capacity."""
+    two layers at once, then ejection chains (exchange); every step stays within the capacity."""
     st = _State(prog, opts)
     Q, layer, size = prog.Q, prog.layer, prog.size
     other_layer = layer[:, None] != layer[None, :]
@@ -160,6 +230,10 @@ def local_search(prog: OneHotProgram, opts: np.ndarray, deadline: float = np.inf
         if P[i, j] < -tol:
             st.move(i)
             st.move(j)
+            continue
+        chain = exchange(prog, st.opts, deadline)
+        if chain is not None:
+            st = _State(prog, chain)
             continue
         break
     return st.opts
