@@ -92,11 +92,13 @@ DEFAULT_FORMULATION = "pair+budget-rlt"  # measured fastest to a proof on most i
 
 
 def _mip(prog: OneHotProgram, opts: np.ndarray, deadline: float, rel_gap: float, abs_gap: float, budget_rlt: bool,
-         mip_lp_solver: str):
+         mip_lp_solver: Optional[str]):
     """HiGHS's MIP of prog from the choice opts: (best choice or None, its dual bound, a note)."""
     import highspy
 
     model = build(prog, budget_rlt=budget_rlt)
+    if mip_lp_solver is None:
+        mip_lp_solver = "ipm" if model.n_cols >= IPM_COLUMNS else "choose"
     t = time.perf_counter()
     h = _highs(model, integer=True, options={"time_limit": max(deadline - t, 0.01), "mip_rel_gap": rel_gap,
                                               "mip_abs_gap": abs_gap, "mip_lp_solver": mip_lp_solver})
@@ -114,13 +116,18 @@ def _mip(prog: OneHotProgram, opts: np.ndarray, deadline: float, rel_gap: float,
         x = np.asarray(sol.col_value)[: model.n_x]
         choice = np.array([prog.starts[l] + int(np.argmax(x[prog.starts[l]:prog.starts[l + 1]])) for l in range(prog.n_layers)])
     note = (f"HiGHS MIP ({'pair linearization with one-hot and budget RLT rows' if budget_rlt else 'pair linearization with one-hot RLT rows'}: "
-            f"{model.A.shape[0]} rows x {model.n_cols} columns, {model.n_x} binaries) {status} in {time.perf_counter() - t:.1f} s, "
+            f"{model.A.shape[0]} rows x {model.n_cols} columns, {model.n_x} binaries, LPs by {mip_lp_solver}) {status} in {time.perf_counter() - t:.1f} s, "
             f"{int(info.mip_node_count)} nodes")
     return choice, bound, note
 
 
+IPM_COLUMNS = 10_000  # HiGHS's MIP solves its LPs by interior point from this many columns up:
+# measured 24 s vs 41 s (64x3, one instance) and 20 s vs 50 s (64x3, another) to the proof, both
+# at the root node; below it simplex and interior point tie (docs/solvers.md)
+
+
 def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: float, abs_gap: float,
-          formulation: str = DEFAULT_FORMULATION, mip_lp_solver: str = "choose") -> ExactOutcome:
+          formulation: str = DEFAULT_FORMULATION, mip_lp_solver: Optional[str] = None) -> ExactOutcome:
     budget_rlt, root_lp = FORMULATIONS[formulation]
     opts = np.asarray(incumbent)
     value = prog.value(opts)
