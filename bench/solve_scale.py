@@ -24,9 +24,9 @@ Runs (`--runs`, comma list of solver:psd[:formulation] or `heuristic`): default 
 solver with psd exact (default formulation), plus shift and clip on highs, plus the heuristic
 alone (1 s). Formulations of exact (highs, scip): pair, pair+budget-rlt, root+pair+budget-rlt. Each run goes through
 clado_cli.optimize.solve_iqp with --time-limit. Columns: true objective x'Gx of the decision,
-its ratio to the best known value of that instance (best objective over all runs, or the best
-proven bound's instance optimum), the reported true gap (objective - bound)/|objective| in %,
-the status, seconds.
+how much worse it is than the best known value of the instance (the least objective of all
+runs), in % of |best|, the reported true gap (objective - bound)/|objective| in %, the status,
+seconds.
 """
 from __future__ import annotations
 
@@ -208,10 +208,10 @@ def main(argv=None) -> int:
         values = [r["objective"] for r in results if r["objective"] is not None]
         best = min(values) if values else None
         print(f"\n{label}: {space.n_options} binaries, budget {budget} B, best known {best:.6g}", flush=True)
-        print(f"  {'run':<28} {'objective':>12} {'/best':>8} {'gap %':>9} {'status':<12} {'seconds':>8}")
+        print(f"  {'run':<28} {'objective':>12} {'worse %':>8} {'gap %':>9} {'status':<12} {'seconds':>8}")
         for r in results:
             obj = r["objective"]
-            ratio = f"{obj / best:8.4f}" if obj is not None and best else " " * 8
+            ratio = f"{100 * (obj - best) / abs(best):8.3g}" if obj is not None and best else " " * 8
             gap = f"{100 * r['gap']:9.3g}" if r["gap"] is not None else " " * 9
             objs = f"{obj:12.6g}" if obj is not None else " " * 12
             print(f"  {r['run']:<28} {objs} {ratio} {gap} {r['status']:<12} {r['seconds']:8.2f}", flush=True)

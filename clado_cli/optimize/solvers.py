@@ -523,7 +523,8 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
             return result(out.opts, out.bound, out.root_bound, proven, status, "highs",
                           f"{why}; formulation {formulation}; {inc_note}; " + "; ".join(out.notes))
         if remaining <= 0:
-            break
+            return result(opts, None, None, False, "time_limit", backend.name,
+                          f"{why}; {inc_note}; the time limit was spent before {backend.name} could start; the incumbent is the answer")
         lam = shift_lambda(G) if backend.name == "gurobi" else 0.0
         model_of = _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, exact_highs.FORMULATIONS[formulation][0])
         try:

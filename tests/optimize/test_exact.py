@@ -250,3 +250,14 @@ def test_the_solver_layer_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_vanishing_time_limit_still_answers_with_the_incumbent(solver):
+    """--time-limit 1e-9: the incumbent's greedy part still runs; the answer is feasible and
+    marked time_limit (or optimal, when HiGHS proves it at once), never an error."""
+    space, G = clado_like(7, 6)
+    budget = budget_at(space, 0.3)
+    result = solve_iqp(G, space, budget, psd="exact", solver=solver, time_limit=1e-9)
+    assert result.status in ("time_limit", "optimal") and space.fits(result.choice, budget)
+    assert result.objective <= result.incumbent_objective + 1e-12
