@@ -243,7 +243,13 @@ def test_time_limit_is_reported_honestly(solver, psd, n_layers):
     x'Gx."""
     space, G = hard_problem(n_layers)
     budget = int((space.min_bytes() + space.max_bytes()) / 2)
-    result = solve_iqp(G, space, budget, psd=psd, solver=solver, time_limit=1.0)
+    try:
+        result = solve_iqp(G, space, budget, psd=psd, solver=solver, time_limit=1.0)
+    except SolverError as exc:
+        # shift (like clip) has no incumbent of its own: on a loaded machine SCIP may not find a
+        # feasible point in 1 s, which is reported as such; exact always has the incumbent
+        assert psd != "exact" and "no feasible solution within the time limit" in str(exc)
+        return
     assert result.status == "time_limit" and not result.optimal
     assert space.fits(result.choice, budget)
     x = space.one_hot(result.choice)
