@@ -12,7 +12,6 @@ Pure numpy; the exact solvers start from this answer, and it is the answer when 
 """
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from clado_cli.optimize.brute import brute_force
-from clado_cli.optimize.heuristic import OneHotProgram
 from clado_cli.optimize.problem import OptionSpace, g_from_ltilde
 from clado_cli.optimize.solvers import solve_ilp, solve_iqp
 
