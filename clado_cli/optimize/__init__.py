@@ -1,6 +1,8 @@
 """Choose bit widths under a size budget: budgets, the option space, and the IQP/ILP solvers.
 
-Pure numpy and CVXPY (imported lazily, when a program is solved); no torch.
+Pure numpy and scipy; CVXPY and highspy are imported lazily, when a program is solved; no torch.
+heuristic.py (incumbent), linearize.py (the exact linearization), exact.py (HiGHS directly) and
+solvers.py (the public entry points); docs/solvers.md has the measurements.
 """
 from .brute import brute_force
 from .budget import (

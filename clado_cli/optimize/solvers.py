@@ -1,20 +1,32 @@
 """Solve the bit-width programs: the IQP (CLADO) and the ILP (MPQCO, HAWQ-V3, naive).
 
 Both choose one candidate per decided layer (one-hot binary x) with the decided bytes within
-the budget. Solvers run through CVXPY:
+the budget. The IQP minimizes x'Gx with G indefinite; three treatments (`psd`):
 
-- gurobi: the IQP as `quad_form(x, psd_wrap(Q))`. The pip licence refuses a quadratic model
-  with more than 200 variables (and any model over 2000 variables or constraints).
-- scip, highs: the IQP linearized exactly with one variable y_ij per pair of options of
-  different layers, objective Σ Q_ii x_i + 2 Σ_{i<j} Q_ij y_ij, y ≥ 0, and for every option i
-  and every other layer m: Σ_{j in m} y_ij = x_i. For one-hot binary x these force
-  y_ij = x_i x_j (NOTES.md "Solvers").
-- auto: gurobi, then scip, then highs, taking the first installed one that accepts the model;
-  `solver_note` says which and why.
+- exact (the recommended one): x'Gx itself. A heuristic incumbent first (heuristic.py: greedy,
+  local search, neighbourhood search with exact subproblems), then
+  - highs (highspy, directly): the root LP of the strongest linearization (pair variables with
+    one-hot RLT and budget RLT rows, linearize.py), reduced-cost fixing against the incumbent,
+    and HiGHS's MIP on what is left, started from the incumbent (exact.py);
+  - scip (through CVXPY): the same linearization as one MIP;
+  - gurobi (through CVXPY): `quad_form(x, psd_wrap(G + λI)) − λL`, which equals x'Gx on one-hot
+    x; the pip licence refuses a quadratic model with more than 200 variables;
+  - auto: highs, scip, gurobi (measured order, docs/solvers.md), the first installed one that
+    accepts the model; with none installed, the heuristic's choice (status "heuristic").
+  The answer is never worse than the incumbent, whatever the solver returned.
+- shift: minimizes x'(G + λI)x as the first release of this option did (same argmin); the
+  solvers are asked for the tolerance on x'Gx, not on the shifted value.
+- clip (the release's): minimizes x'Cx, C = G with negative eigenvalues clipped, a different
+  program; kept to reproduce the release.
+ILP solvers run through CVXPY, auto order gurobi, scip, highs (any is milliseconds).
 
-`optimal` is true only when the solver proved optimality (within relative gap REL_GAP). A
-time limit hit with a feasible incumbent gives status "time_limit", with the solver's bound
-and gap when it reports them.
+`objective`, `best_bound` and `gap` of an IQP are always on the true x'Gx (gap =
+(objective − bound)/|objective|; `gap_percent` the same in %); predicted loss increase =
+objective/2. What the solver itself minimized is in `minimized_objective`/`minimized_bound`
+(shift, clip). `optimal` is true only with a proof: for exact and shift, the true gap within
+REL_GAP (or an absolute tolerance of 1e-9 x the scale of G); for clip, optimal for the clipped
+program (it has no bound on x'Gx). A time limit hit with a feasible choice gives status
+"time_limit", with the bound and gap when there is one.
 """
 from __future__ import annotations
 
@@ -34,22 +46,31 @@ import scipy.sparse as sp
 
 from ..errors import SolverError, UsageError
 from ..registry import Registry
+from . import exact as exact_highs
+from .heuristic import OneHotProgram, incumbent
+from .linearize import build as build_linearization
 from .problem import OptionSpace, check_budget, clip_psd, finite_array, shift_lambda
 
 REL_GAP = 1e-6  # relative optimality gap asked of every solver (their defaults differ: 1e-4, 0, 1e-4)
 ABS_GAP = 1e-10
-AUTO_ORDER = ("gurobi", "scip", "highs")
-PSD_TREATMENTS = ("clip", "shift")
+ABS_SCALE = 1e-9  # IQP: absolute tolerance on x'Gx = ABS_SCALE x Σ_layers max |G_ii| (objectives near 0)
+AUTO_ORDER = ("gurobi", "scip", "highs")  # ILP, and the release's clip and shift
+EXACT_AUTO_ORDER = ("highs", "scip", "gurobi")  # exact IQP: measured, docs/solvers.md
+PSD_TREATMENTS = ("exact", "clip", "shift")
+HEURISTIC_SECONDS = 1.0  # at most; 10% of the time limit when that is less
 
 
 @dataclass
 class SolveResult:
     """A solver's answer.
 
-    `objective` is evaluated in numpy at the returned choice: x'Qx for the IQP, with Q the matrix
-    the solver minimized (clipped G, or G + λI for shift), and s'x for the ILP. `best_bound` and
-    `gap` are on that same objective (gap = (objective - bound) / |objective|). For the IQP,
-    `original_objective` is x'Gx on the matrix as given; predicted loss increase = it / 2.
+    `objective` is evaluated in numpy at the returned choice: x'Gx for the IQP (G as given,
+    whatever the treatment), s'x for the ILP. `best_bound` and `gap` are on that same objective
+    (gap = (objective - bound) / |objective|, None without a bound; `gap_percent` = 100 x gap).
+    For the IQP, `original_objective` is x'Gx too (kept for older readers), predicted loss
+    increase = objective / 2, `minimized_objective`/`minimized_bound` are on the matrix the solver
+    minimized (G + λI for shift, clipped G for clip, G for exact), `root_bound` the root LP's
+    bound (exact, highs) and `incumbent_objective` the heuristic's x'Gx (exact).
     """
 
     choice: List[int]
@@ -66,8 +87,18 @@ class SolveResult:
     original_objective: Optional[float] = None
     psd: Optional[str] = None
     psd_shift: Optional[float] = None
+    gap_percent: Optional[float] = None
+    predicted_loss_increase: Optional[float] = None
+    minimized_objective: Optional[float] = None
+    minimized_bound: Optional[float] = None
+    root_bound: Optional[float] = None
+    incumbent_objective: Optional[float] = None
+
+    def __post_init__(self):
+        self.gap_percent = None if self.gap is None else 100.0 * self.gap
 
     def to_dict(self) -> dict:
+        self.gap_percent = None if self.gap is None else 100.0 * self.gap
         return asdict(self)
 
 
@@ -85,7 +116,7 @@ class _Backend:
     name = ""
     cvxpy_name = ""
 
-    def options(self, time_limit: float) -> dict:
+    def options(self, time_limit: float, rel_gap: float = REL_GAP, abs_gap: float = ABS_GAP) -> dict:
         raise NotImplementedError
 
     def outcome(self, problem) -> Tuple[str, bool, Optional[float]]:
@@ -112,8 +143,8 @@ class _Gurobi(_Backend):
     name, cvxpy_name = "gurobi", "GUROBI"
     _STATUS = {2: "optimal", 9: "time_limit", 13: "suboptimal"}
 
-    def options(self, time_limit):
-        return {"TimeLimit": float(time_limit), "MIPGap": REL_GAP, "MIPGapAbs": ABS_GAP}
+    def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
+        return {"TimeLimit": float(time_limit), "MIPGap": rel_gap, "MIPGapAbs": abs_gap}
 
     def outcome(self, problem):
         model = problem.solver_stats.extra_stats
@@ -148,8 +179,8 @@ class _Gurobi(_Backend):
 class _Scip(_Backend):
     name, cvxpy_name = "scip", "SCIP"
 
-    def options(self, time_limit):
-        return {"scip_params": {"limits/time": float(time_limit), "limits/gap": REL_GAP, "limits/absgap": ABS_GAP}}
+    def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
+        return {"scip_params": {"limits/time": float(time_limit), "limits/gap": rel_gap, "limits/absgap": abs_gap}}
 
     def outcome(self, problem):
         stats = problem.solver_stats.extra_stats
@@ -162,8 +193,8 @@ class _Scip(_Backend):
 class _Highs(_Backend):
     name, cvxpy_name = "highs", "HIGHS"
 
-    def options(self, time_limit):
-        return {"time_limit": float(time_limit), "mip_rel_gap": REL_GAP, "mip_abs_gap": ABS_GAP}
+    def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
+        return {"time_limit": float(time_limit), "mip_rel_gap": rel_gap, "mip_abs_gap": abs_gap}
 
     def outcome(self, problem):
         # CVXPY keeps only HiGHS's info, not its model status; the only limit set is the time.
@@ -200,15 +231,20 @@ def _solver_output_to_stderr():
         os.close(saved)
 
 
-def _backends_for(solver: str) -> Tuple[List[_Backend], List[str]]:
-    """The backends to try in order, and notes on the ones skipped."""
+class _NoSolution(SolverError):
+    """The solver ran but returned no feasible choice (a time limit, or it found none)."""
+
+
+def _backends_for(solver: str, order: Tuple[str, ...] = AUTO_ORDER, allow_none: bool = False) -> Tuple[List[_Backend], List[str]]:
+    """The backends to try in order, and notes on the ones skipped. allow_none: auto with no
+    solver installed gives no backends instead of an error."""
     import cvxpy as cp
 
     installed = cp.installed_solvers()
     name = (solver or "").strip().lower()
     if name != "auto" and name not in SOLVERS:
         raise UsageError(
-            f"unknown solver {solver!r}; choose auto, {', '.join(AUTO_ORDER)} "
+            f"unknown solver {solver!r}; choose auto, {', '.join(order)} "
             f"(solvers CVXPY has installed: {', '.join(installed) or 'none'})"
         )
     if name != "auto":
@@ -216,11 +252,26 @@ def _backends_for(solver: str) -> Tuple[List[_Backend], List[str]]:
         if backend.cvxpy_name not in installed:
             raise SolverError(f"solver {name} is not installed (solvers CVXPY has installed: {', '.join(installed) or 'none'})")
         return [backend], []
-    backends = [SOLVERS.get(n) for n in AUTO_ORDER]
+    backends = [SOLVERS.get(n) for n in order]
     usable = [b for b in backends if b.cvxpy_name in installed]
-    if not usable:
+    if not usable and not allow_none:
         raise SolverError(f"no MIP solver installed: install gurobipy, pyscipopt or highspy (CVXPY has: {', '.join(installed) or 'none'})")
     return usable, [f"{b.name} not installed" for b in backends if b not in usable]
+
+
+def _checked_time_limit(time_limit) -> float:
+    value = _finite_or_none(time_limit)
+    if value is None or value <= 0:
+        raise UsageError(f"invalid solver time limit {time_limit!r}: expected a positive number of seconds")
+    return value
+
+
+def _why(backend: _Backend, explicit: bool, notes: List[str], order: Tuple[str, ...]) -> str:
+    if explicit:
+        return f"{backend.name} as requested"
+    if notes:
+        return f"{'; '.join(notes)}; fell back to {backend.name}"
+    return f"{backend.name}: first choice of auto ({', '.join(order)})"
 
 
 def _solve(
@@ -230,16 +281,17 @@ def _solve(
     time_limit: float,
     build: Callable[[_Backend], _Model],
     objective: Callable[[np.ndarray], float],
+    gaps: Tuple[float, float] = (REL_GAP, ABS_GAP),
+    order: Tuple[str, ...] = AUTO_ORDER,
+    backends: Optional[Tuple[List[_Backend], List[str]]] = None,
 ) -> SolveResult:
-    """Try the requested backends in turn; return the first answer, honest about its status."""
+    """Try the requested backends in turn; return the first answer, honest about its status.
+    `objective` and `best_bound` are on the program the backends minimized."""
     import cvxpy as cp
 
-    given_limit = time_limit
-    time_limit = _finite_or_none(time_limit)
-    if time_limit is None or time_limit <= 0:
-        raise UsageError(f"invalid solver time limit {given_limit!r}: expected a positive number of seconds")
+    time_limit = _checked_time_limit(time_limit)
     check_budget(space, budget_bytes)
-    backends, skipped = _backends_for(solver)
+    backends, skipped = backends or _backends_for(solver, order)
     explicit = (solver or "").strip().lower() != "auto"
     started = time.perf_counter()
     notes = list(skipped)
@@ -250,23 +302,24 @@ def _solve(
             with _solver_output_to_stderr(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # CVXPY warns "may be inaccurate" at a time limit
                 model = build(backend)
-                model.problem.solve(solver=backend.cvxpy_name, **backend.options(time_limit))
+                warm = getattr(model.x, "value", None) is not None
+                model.problem.solve(solver=backend.cvxpy_name, warm_start=warm, **backend.options(time_limit, *gaps))
         except cp.error.SolverError as exc:
             if time.perf_counter() - attempt_start >= time_limit:
-                raise SolverError(f"{backend.name} found no feasible solution within the time limit of {time_limit:g} s") from exc
+                raise _NoSolution(f"{backend.name} found no feasible solution within the time limit of {time_limit:g} s") from exc
             with _solver_output_to_stderr():
                 why = backend.refusal(model.problem, model.quadratic) if model is not None else None
             reason = f"{backend.name} refused the model ({why})" if why else f"{backend.name} failed ({exc})"
             if explicit:
-                raise SolverError(f"{reason}; try another solver: {', '.join(n for n in AUTO_ORDER if n != backend.name)}") from exc
+                raise SolverError(f"{reason}; try another solver: {', '.join(n for n in order if n != backend.name)}") from exc
             notes.append(reason)
             continue
         x = model.x.value
         if x is None or model.problem.status not in cp.settings.SOLUTION_PRESENT:
             if time.perf_counter() - attempt_start >= 0.9 * time_limit:
-                raise SolverError(f"{backend.name} stopped at its time limit of {time_limit:g} s without a feasible "
+                raise _NoSolution(f"{backend.name} stopped at its time limit of {time_limit:g} s without a feasible "
                                   f"solution; raise --time-limit (solver status {model.problem.status})")
-            raise SolverError(f"{backend.name} found no feasible solution (status {model.problem.status}, time limit {time_limit:g} s)")
+            raise _NoSolution(f"{backend.name} found no feasible solution (status {model.problem.status}, time limit {time_limit:g} s)")
         choice = space.choice_of(x)
         if not space.fits(choice, budget_bytes):
             raise SolverError(
@@ -274,12 +327,6 @@ def _solve(
             )
         status, optimal, bound = backend.outcome(model.problem)
         value = objective(space.one_hot(choice))
-        if explicit:
-            why = f"{backend.name} as requested"
-        elif notes:
-            why = f"{'; '.join(notes)}; fell back to {backend.name}"
-        else:
-            why = f"{backend.name}: first choice of auto ({', '.join(AUTO_ORDER)})"
         return SolveResult(
             choice=choice,
             bits=space.bits_of(choice),
@@ -289,7 +336,7 @@ def _solve(
             status=status,
             optimal=optimal,
             solver=backend.name,
-            solver_note=f"{why}; {model.formulation}",
+            solver_note=f"{_why(backend, explicit, notes, order)}; {model.formulation}",
             seconds=time.perf_counter() - started,
             decided_bytes=space.size_of(choice),
         )
@@ -334,29 +381,66 @@ def _pair_linearization(Q: np.ndarray, space: OptionSpace, x):
     return objective, [A @ y == S @ x], n_pairs
 
 
+def _program(Q: np.ndarray, space: OptionSpace, budget_bytes: int) -> OneHotProgram:
+    """The IQP in the heuristic's and exact.py's terms: sizes in bits, exact integers."""
+    return OneHotProgram(Q, space.option_layers(), np.outer(space.numel, space.candidates).ravel(), 8 * int(budget_bytes))
+
+
+def _choice(space: OptionSpace, opts: np.ndarray) -> List[int]:
+    return [int(o) % len(space.candidates) for o in opts]
+
+
+def _abs_tolerance(G: np.ndarray, space: OptionSpace) -> float:
+    """ABS_SCALE x Σ_layers max_i |G_ii|: the absolute gap that counts as closed (an objective
+    near 0 cannot be proven to a relative gap)."""
+    diag = np.abs(np.diag(G)).reshape(space.n_layers, len(space.candidates))
+    return max(ABS_GAP, ABS_SCALE * float(diag.max(axis=1).sum()))
+
+
+def _closed(value: float, bound: Optional[float], abs_tol: float) -> bool:
+    return bound is not None and value - bound <= max(abs_tol, REL_GAP * abs(value))
+
+
 def solve_iqp(
     G: np.ndarray,
     space: OptionSpace,
     budget_bytes: int,
-    psd: str = "clip",
+    psd: str = "exact",
     solver: str = "auto",
     time_limit: float = 120.0,
+    heuristic_seconds: Optional[float] = None,
+    formulation: Optional[str] = None,
 ) -> SolveResult:
     """CLADO's program: minimize x'Gx over one-hot x within the budget.
 
-    psd="clip" minimizes x'Cx with C = G with negative eigenvalues clipped (the release; changes
-    the problem); psd="shift" minimizes x'(G+λI)x, whose argmin over one-hot x is that of G.
+    psd="exact" minimizes x'Gx itself (see the module text); psd="shift" minimizes x'(G+λI)x,
+    whose argmin over one-hot x is that of G; psd="clip" minimizes x'Cx with C = G with negative
+    eigenvalues clipped (the release; changes the problem). heuristic_seconds: time for the
+    incumbent of exact (default min(1 s, 10% of time_limit)). formulation (exact, highs and
+    scip): one of exact.FORMULATIONS, default exact.DEFAULT_FORMULATION.
     """
     n = space.n_options
     G = finite_array(G, (n, n), "G")
     G = (G + G.T) / 2.0
+    if psd not in PSD_TREATMENTS:
+        raise UsageError(f"unknown PSD treatment {psd!r}; choose one of: {', '.join(PSD_TREATMENTS)}")
+    time_limit = _checked_time_limit(time_limit)
+    check_budget(space, budget_bytes)
+    if psd == "exact":
+        formulation = formulation or exact_highs.DEFAULT_FORMULATION
+        if formulation not in exact_highs.FORMULATIONS:
+            raise UsageError(f"unknown formulation {formulation!r}; choose one of: {', '.join(exact_highs.FORMULATIONS)}")
+        return _solve_exact(G, space, budget_bytes, solver, time_limit, heuristic_seconds, formulation)
+    abs_tol = _abs_tolerance(G, space)
     if psd == "clip":
-        Q, lam = clip_psd(G), None
-    elif psd == "shift":
+        Q, lam, gaps = clip_psd(G), None, (REL_GAP, ABS_GAP)
+    else:
         lam = shift_lambda(G)
         Q = G + lam * np.eye(n)
-    else:
-        raise UsageError(f"unknown PSD treatment {psd!r}; choose one of: {', '.join(PSD_TREATMENTS)}")
+        # the tolerance asked of the solver is on x'Gx: an absolute gap from a quick incumbent
+        prog = _program(G, space, budget_bytes)
+        estimate = prog.value(incumbent(prog, time_limit=min(0.2, 0.05 * time_limit)))
+        gaps = (0.0, max(abs_tol, REL_GAP * abs(estimate)))
 
     def build(backend: _Backend) -> _Model:
         import cvxpy as cp
@@ -372,11 +456,129 @@ def solve_iqp(
             formulation = f"pair linearization: {n} binaries, {n_pairs} pair variables"
         return _Model(cp.Problem(cp.Minimize(objective), constraints), x, True, formulation)
 
-    result = _solve(space, budget_bytes, solver, time_limit, build, lambda x: float(x @ Q @ x))
+    result = _solve(space, budget_bytes, solver, time_limit, build, lambda x: float(x @ Q @ x), gaps=gaps)
     x = space.one_hot(result.choice)
-    result.original_objective = float(x @ G @ x)
+    true_value = float(x @ G @ x)
+    result.minimized_objective, result.minimized_bound = result.objective, result.best_bound
+    result.objective = result.original_objective = true_value
+    result.predicted_loss_increase = true_value / 2.0
     result.psd, result.psd_shift = psd, lam
+    if psd == "shift":
+        # on one-hot x, x'(G+λI)x = x'Gx + λL exactly, so the bound moves by the same constant
+        shift = lam * space.n_layers
+        result.best_bound = None if result.best_bound is None else result.best_bound - shift
+        result.gap = _relative_gap(true_value, result.best_bound)
+        if result.optimal and not _closed(true_value, result.best_bound, gaps[1]):
+            result.optimal, result.status = False, "gap_not_closed"
+    else:
+        # the clipped program's bound says nothing about x'Gx (x'Gx <= x'Cx, not >=)
+        result.best_bound, result.gap = None, None
+        result.solver_note += "; clip minimizes x'Cx (C = G with negative eigenvalues clipped), a different program: optimal refers to it, and there is no bound on x'Gx"
+    result.gap_percent = None if result.gap is None else 100.0 * result.gap
     return result
+
+
+def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: str, time_limit: float,
+                 heuristic_seconds: Optional[float], formulation: str) -> SolveResult:
+    started = time.perf_counter()
+    deadline = started + time_limit
+    prog = _program(G, space, budget_bytes)
+    abs_tol = _abs_tolerance(G, space)
+    seconds = min(HEURISTIC_SECONDS, 0.1 * time_limit) if heuristic_seconds is None else float(heuristic_seconds)
+    opts = incumbent(prog, time_limit=seconds)
+    inc_value = prog.value(opts)
+    inc_note = f"incumbent {inc_value:.6g} (greedy, local search, neighbourhood search) in {time.perf_counter() - started:.2f} s"
+    backends, skipped = _backends_for(solver, EXACT_AUTO_ORDER, allow_none=True)
+    explicit = (solver or "").strip().lower() != "auto"
+    notes = list(skipped)
+
+    def result(opts, bound, root, proven, status, name, note):
+        choice = _choice(space, opts)
+        value = prog.value(opts)
+        if bound is not None and bound > value:
+            bound = value  # equal to the solver's tolerance
+        gap = _relative_gap(value, bound)
+        return SolveResult(
+            choice=choice, bits=space.bits_of(choice), objective=value, best_bound=bound, gap=gap,
+            status="optimal" if proven else status, optimal=proven, solver=name, solver_note=note,
+            seconds=time.perf_counter() - started, decided_bytes=space.size_of(choice), original_objective=value,
+            psd="exact", psd_shift=None, predicted_loss_increase=value / 2.0, minimized_objective=value,
+            minimized_bound=bound, root_bound=root, incumbent_objective=inc_value,
+        )
+
+    for backend in backends:
+        why = _why(backend, explicit, notes, EXACT_AUTO_ORDER)
+        remaining = deadline - time.perf_counter()
+        if backend.name == "highs":
+            try:
+                with _solver_output_to_stderr():
+                    out = exact_highs.solve(prog, opts, deadline, REL_GAP, abs_tol, formulation=formulation)
+            except Exception as exc:  # highspy failing is reported, and auto goes on
+                if explicit:
+                    raise SolverError(f"highs failed ({exc}); try another solver: scip, gurobi") from exc
+                notes.append(f"highs failed ({exc})")
+                continue
+            proven = out.proven or _closed(out.value, out.bound, abs_tol)
+            status = "time_limit" if time.perf_counter() >= deadline - 0.01 else "not_proven"
+            return result(out.opts, out.bound, out.root_bound, proven, status, "highs",
+                          f"{why}; formulation {formulation}; {inc_note}; " + "; ".join(out.notes))
+        if remaining <= 0:
+            return result(opts, None, None, False, "time_limit", backend.name,
+                          f"{why}; {inc_note}; the time limit was spent before {backend.name} could start; the incumbent is the answer")
+        lam = shift_lambda(G) if backend.name == "gurobi" else 0.0
+        model_of = _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, exact_highs.FORMULATIONS[formulation][0])
+        try:
+            r = _solve(space, budget_bytes, backend.name, remaining, model_of, lambda x: float(x @ G @ x),
+                       gaps=(0.0, max(abs_tol, REL_GAP * abs(inc_value))), order=EXACT_AUTO_ORDER,
+                       backends=([backend], []))
+        except _NoSolution as exc:
+            return result(opts, None, None, False, "time_limit", backend.name,
+                          f"{why}; {inc_note}; {exc}; the incumbent is the answer")
+        except SolverError as exc:
+            if explicit:
+                raise
+            notes.append(str(exc).split("; try another solver")[0])
+            continue
+        bound = None if r.best_bound is None else r.best_bound - lam * space.n_layers
+        best = np.asarray(space.one_hot(r.choice)).reshape(space.n_layers, -1).argmax(axis=1) + prog.starts[:-1]
+        kept = "" if prog.value(best) <= inc_value else "; the solver's choice was worse than the incumbent, which is kept"
+        best = best if prog.value(best) <= inc_value else opts
+        proven = _closed(prog.value(best), bound, max(abs_tol, REL_GAP * abs(inc_value))) or (r.optimal and bound is not None)
+        return result(best, bound, None, proven, r.status if r.status != "optimal" else "not_proven", backend.name,
+                      f"{why}; {inc_note}; {r.solver_note.split('; ', 1)[-1]}{kept}")
+    note = "; ".join(notes + ["no MIP solver could solve the model" if backends else "no MIP solver installed"])
+    return result(opts, None, None, False, "heuristic", "heuristic",
+                  f"{note}: the heuristic's choice ({inc_note}), not proven optimal; install highspy for a proof")
+
+
+def _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, budget_rlt):
+    """build(backend) for scip (the linearization with budget RLT rows) and gurobi (x'(G+λI)x,
+    which is x'Gx + λL on one-hot x); both start from the incumbent where CVXPY passes it on."""
+
+    def build(backend: _Backend) -> _Model:
+        import cvxpy as cp
+
+        n = space.n_options
+        x = cp.Variable(n, boolean=True)
+        x.value = space.one_hot(_choice(space, opts))
+        constraints = _common_constraints(x, space, budget_bytes)
+        if backend.name == "gurobi":
+            objective = cp.quad_form(x, cp.psd_wrap(G + lam * np.eye(n)))
+            formulation = f"quadratic objective x'(G+λI)x on {n} binaries, λ = {lam:.3g}, reported as x'Gx"
+        else:
+            m = build_linearization(prog, budget_rlt=budget_rlt)
+            y = cp.Variable(m.n_cols - n, nonneg=True)
+            A = m.A.tocsc()
+            Ax = A[:, :n] @ x + A[:, n:] @ y
+            eq = m.row_lower == m.row_upper
+            up = np.isfinite(m.row_upper) & ~eq
+            constraints += [Ax[np.nonzero(eq)[0]] == m.row_lower[eq], Ax[np.nonzero(up)[0]] <= m.row_upper[up], y <= 1]
+            objective = m.c[:n] @ x + m.c[n:] @ y + m.offset
+            formulation = (f"pair linearization with one-hot{' and budget' if budget_rlt else ''} RLT rows: {n} binaries, "
+                           f"{m.n_cols - n} pair variables, {m.A.shape[0]} rows")
+        return _Model(cp.Problem(cp.Minimize(objective), constraints), x, True, formulation)
+
+    return build
 
 
 def solve_ilp(
