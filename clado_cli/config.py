@@ -130,7 +130,9 @@ class PrepConfig(_Section):
 
 
 class OptimizeConfig(_Section):
-    psd: Literal["clip", "shift"] = "clip"
+    # exact: x'Gx itself (proven by HiGHS where it can; docs/solvers.md); clip: the release's
+    # eigenvalue clipping (a different program); shift: exact through a convex shift
+    psd: Literal["exact", "clip", "shift"] = "exact"
     solver: str = "auto"
     time_limit: float = Field(default=120.0, gt=0)
     # budgets for `clado run`: sizes with units (4MB, 800KB) or average bits (avg:4.5)

@@ -21,6 +21,10 @@ def set_quiet(q: bool) -> None:
     _quiet = q
 
 
+def is_quiet() -> bool:
+    return _quiet
+
+
 def log(msg: str) -> None:
     """A log line on stderr; the message is literal text (a path like `a[/b]` prints as is)."""
     if not _quiet:

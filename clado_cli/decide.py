@@ -45,7 +45,8 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
     fw, fa = m["layers"]["fixed_weight_bits"], m["layers"]["fixed_activation_bits"]
     warnings = sens.warnings()
     if not res.optimal:
-        warnings.append(f"solver stopped with status {res.status} (gap {res.gap}): the decision is not proven optimal")
+        gap = f"true gap {res.gap_percent:.3g}%" if getattr(res, "gap_percent", None) is not None else "no bound"
+        warnings.append(f"solver stopped with status {res.status} ({gap}): the decision is not proven optimal")
     return {
         "schema": SCHEMA_ID,
         "method": sens.method,
@@ -65,7 +66,7 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
     }
 
 
-def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd: str = "clip",
+def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd: str = "exact",
            solver: str = "auto", time_limit: float = 120.0, ks: Optional[Sequence[int]] = None,
            config: Optional[Dict[str, Any]] = None, on_result=None) -> List[Dict[str, Any]]:
     """Every (method, budget) decision; each cache directory's batches are read once (clado and

@@ -426,10 +426,12 @@ CASES = [
     Case("uniform-not-a-candidate", lambda x: ["evaluate", "-c", x.cfg, "--uniform", "3", "-q", "-o", x.out], INPUT,
          r"--uniform 3: not one of the candidate widths"),
     # --- solvers (4) ---
-    Case("solver-none-installed", _opt("--avg-bits", "4"), SOLVER, r"no MIP solver installed", patch=_no_solvers),
+    Case("solver-none-installed", _opt("--avg-bits", "4", "--psd", "clip"), SOLVER, r"no MIP solver installed",
+         patch=_no_solvers),
     Case("solver-not-installed", _opt("--avg-bits", "4", "--solver", "highs"), SOLVER,
          r"solver highs is not installed", patch=_no_solvers),
-    Case("solver-time-limit-no-solution", _opt("--avg-bits", "4", "--solver", "scip", "--time-limit", "1e-9"),
+    Case("solver-time-limit-no-solution", _opt("--avg-bits", "4", "--solver", "scip", "--time-limit", "1e-9",
+                                               "--psd", "shift"),
          SOLVER, r"scip found no feasible solution within the time limit",
          marks=[pytest.mark.skipif(not _installed("scip"), reason="SCIP is not installed")]),
     # --- environment (5) ---
@@ -551,7 +553,7 @@ def test_time_limit_with_an_incumbent_is_flagged_not_an_error(ctx: Ctx, monkeypa
     backend = SOLVERS.get("highs" if _installed("highs") else "scip")
     monkeypatch.setattr(backend, "outcome", lambda problem: ("time_limit", False, None))
     r = invoke("optimize", *ctx.c(), "-m", "clado,mpqco", "--avg-bits", "4", "--solver", backend.name,
-               "--out-dir", ctx.tmp / "decisions")
+               "--psd", "shift", "--out-dir", ctx.tmp / "decisions")
     assert r.exit_code == 0, r.output
     assert "NO (time_limit)" in r.stdout
     for name in ("decision-clado-avg4.json", "decision-mpqco-avg4.json"):
@@ -560,6 +562,17 @@ def test_time_limit_with_an_incumbent_is_flagged_not_an_error(ctx: Ctx, monkeypa
         assert any("not proven optimal" in w for w in d["warnings"])
     index = json.loads((ctx.tmp / "decisions" / "index.json").read_text())
     assert [e["optimal"] for e in index["decisions"]] == [False, False]
+
+
+def test_exact_without_any_solver_answers_with_the_heuristic_marked_not_optimal(ctx: Ctx, monkeypatch):
+    _no_solvers(monkeypatch)
+    import clado_cli.optimize.exact as exact
+
+    monkeypatch.setattr(exact, "highs_available", lambda: False, raising=False)
+    r = invoke("optimize", *ctx.c(), "-m", "clado", "--avg-bits", "4", "--psd", "exact", "-o", ctx.out)
+    assert r.exit_code == 0, r.output
+    d = json.loads(ctx.out.read_text())
+    assert d["solver"]["optimal"] is False and "heuristic" in (d["solver"]["solver"] + d["solver"]["status"])
 
 
 @pytest.mark.skipif(not _installed("highs"), reason="HiGHS is not installed")

@@ -59,7 +59,7 @@ VALID_CONFIG = _opt(
                 fixed_weight_bits=st.integers(2, 16), fixed_activation_bits=st.integers(2, 16)),
     prep=_opt(loss=st.sampled_from(["ce", "kl"]), engine=st.sampled_from(["fast", "reference"]),
               hawq_estimator=st.sampled_from(["per-layer", "all-layers"]), hawq_max_iter=POS, hawq_tol=FLOAT_POS),
-    optimize=_opt(psd=st.sampled_from(["clip", "shift"]), solver=TEXT, time_limit=FLOAT_POS,
+    optimize=_opt(psd=st.sampled_from(["exact", "clip", "shift"]), solver=TEXT, time_limit=FLOAT_POS,
                   budgets=st.lists(TEXT, max_size=3),
                   methods=st.lists(st.sampled_from(["clado", "mpqco", "hawq", "naive"]), max_size=4)),
     cache_dir=TEXT, device=st.sampled_from(["cpu", "cuda", "auto"]), threads=st.none() | st.integers(1, 256),
@@ -102,7 +102,7 @@ def test_valid_configs_load_with_every_value_kept(raw):
 FLAG_VALUES = {
     "data.bs": POS, "data.seed": st.integers(0, 10**6), "device": st.sampled_from(["cpu", "cuda", "auto"]),
     "threads": st.integers(1, 64), "prep.loss": st.sampled_from(["ce", "kl"]),
-    "optimize.psd": st.sampled_from(["clip", "shift"]), "optimize.time_limit": FLOAT_POS, "cache_dir": TEXT,
+    "optimize.psd": st.sampled_from(["exact", "clip", "shift"]), "optimize.time_limit": FLOAT_POS, "cache_dir": TEXT,
     "model.name": st.sampled_from(["embedded", "resnet34"]), "data.dataset": st.sampled_from(["digits", "idx:/x"]),
 }
 

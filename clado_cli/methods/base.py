@@ -40,7 +40,7 @@ def space_of(manifest: Dict[str, Any]) -> OptionSpace:
 class SolveOptions:
     """How a program is solved: the IQP's PSD treatment (clado only), solver, time limit."""
 
-    psd: str = "clip"
+    psd: str = "exact"
     solver: str = "auto"
     time_limit: float = 120.0
 

@@ -1,6 +1,6 @@
 """Size budgets: parse what a user types (`4MB`, `4MiB`, `avg:4.5`, sweeps) into bytes.
 
-A budget bounds the decided layers' weight bytes (SPEC "Size"). It is given either as a size
+A budget bounds the decided layers' weight bytes (docs/methods.md, "Sizes and budgets"). It is given either as a size
 with a unit (`4MB` = 4·10⁶ B, `4MiB` = 4·2²⁰ B) or as an average bit width per decided weight
 (`avg:4.5`), which becomes `floor(avg_bits · decided_numel / 8)` bytes.
 

@@ -1,4 +1,4 @@
-"""The option space and the matrices the programs minimize (SPEC "CLADO", "Size").
+"""The option space and the matrices the programs minimize (docs/methods.md, "CLADO" and "Sizes and budgets").
 
 An option `i = l*B + k` is decided layer `l` at candidate width `candidates[k]` (ascending).
 A choice is one candidate index per layer; its one-hot vector `x` has `L` ones.
@@ -105,7 +105,7 @@ def finite_array(M: np.ndarray, shape: Tuple[int, ...], name: str) -> np.ndarray
 
 
 def g_from_ltilde(Ltilde: np.ndarray, space: OptionSpace) -> np.ndarray:
-    """The program's matrix G from the measured Ltilde (SPEC "CLADO").
+    """The program's matrix G from the measured Ltilde (docs/methods.md, "CLADO").
 
     G[i,i] = 2 Lt[i,i];  G[i,j] = Lt[i,j] - Lt[i,i] - Lt[j,j] for options of different layers;
     G[i,j] = 0 for options of the same layer. For one-hot x, x'Gx/2 estimates the loss increase.

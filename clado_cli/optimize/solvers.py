@@ -30,14 +30,8 @@ program (it has no bound on x'Gx). A time limit hit with a feasible choice gives
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import math
-import os
-import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -45,18 +39,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import SolverError, UsageError
-from ..registry import Registry
 from . import exact as exact_highs
+from .backends import (ABS_GAP, ABS_SCALE, AUTO_ORDER, EXACT_AUTO_ORDER, PSD_TREATMENTS, REL_GAP, SOLVERS,  # noqa: F401
+                       _Backend, _backends_for, _checked_time_limit, _Model, _NoSolution, _solver_output_to_stderr,
+                       _why)
 from .heuristic import OneHotProgram, incumbent
 from .linearize import build as build_linearization
 from .problem import OptionSpace, check_budget, clip_psd, finite_array, shift_lambda
 
-REL_GAP = 1e-6  # relative optimality gap asked of every solver (their defaults differ: 1e-4, 0, 1e-4)
-ABS_GAP = 1e-10
-ABS_SCALE = 1e-9  # IQP: absolute tolerance on x'Gx = ABS_SCALE x Σ_layers max |G_ii| (objectives near 0)
-AUTO_ORDER = ("gurobi", "scip", "highs")  # ILP, and the release's clip and shift
-EXACT_AUTO_ORDER = ("highs", "scip", "gurobi")  # exact IQP: measured, docs/solvers.md
-PSD_TREATMENTS = ("exact", "clip", "shift")
 HEURISTIC_SECONDS = 1.0  # at most; 10% of the time limit when that is less
 
 
@@ -100,178 +90,6 @@ class SolveResult:
     def to_dict(self) -> dict:
         self.gap_percent = None if self.gap is None else 100.0 * self.gap
         return asdict(self)
-
-
-@dataclass
-class _Model:
-    """A CVXPY problem ready to solve, with its one-hot variable and a line describing it."""
-
-    problem: object
-    x: object
-    quadratic: bool
-    formulation: str
-
-
-class _Backend:
-    name = ""
-    cvxpy_name = ""
-
-    def options(self, time_limit: float, rel_gap: float = REL_GAP, abs_gap: float = ABS_GAP) -> dict:
-        raise NotImplementedError
-
-    def outcome(self, problem) -> Tuple[str, bool, Optional[float]]:
-        """(status, proven optimal, best bound or None) after a solve that returned a solution."""
-        raise NotImplementedError
-
-    def refusal(self, problem, quadratic: bool) -> Optional[str]:
-        """Why the solver refused a model, when that can be found out; None otherwise."""
-        return None
-
-
-SOLVERS: Registry[_Backend] = Registry("solver")
-
-
-def _finite_or_none(value) -> Optional[float]:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-class _Gurobi(_Backend):
-    name, cvxpy_name = "gurobi", "GUROBI"
-    _STATUS = {2: "optimal", 9: "time_limit", 13: "suboptimal"}
-
-    def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
-        return {"TimeLimit": float(time_limit), "MIPGap": rel_gap, "MIPGapAbs": abs_gap}
-
-    def outcome(self, problem):
-        model = problem.solver_stats.extra_stats
-        code = int(model.Status)
-        try:
-            bound = _finite_or_none(model.ObjBound)
-        except Exception:  # gurobipy raises when the attribute is unavailable
-            bound = None
-        return self._STATUS.get(code, f"gurobi status {code}"), code == 2, bound
-
-    def refusal(self, problem, quadratic):
-        """Rebuild a model of the same size in gurobipy to read the error CVXPY swallows."""
-        import gurobipy as gp
-
-        metrics = problem.size_metrics
-        n_vars = int(metrics.num_scalar_variables)
-        n_rows = int(metrics.num_scalar_eq_constr + metrics.num_scalar_leq_constr)
-        try:
-            with gp.Model() as model:
-                model.Params.OutputFlag = 0
-                model.Params.TimeLimit = 1.0
-                v = model.addVars(n_vars, vtype=gp.GRB.BINARY)
-                for row in range(max(n_rows, 1)):
-                    model.addConstr(v[row % n_vars] <= 1)
-                model.setObjective(v[0] * v[0] if quadratic else v[0])
-                model.optimize()
-        except gp.GurobiError as exc:
-            return f"{str(exc).split(';')[0]}, error {exc.errno}"
-        return None
-
-
-class _Scip(_Backend):
-    name, cvxpy_name = "scip", "SCIP"
-
-    def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
-        return {"scip_params": {"limits/time": float(time_limit), "limits/gap": rel_gap, "limits/absgap": abs_gap}}
-
-    def outcome(self, problem):
-        stats = problem.solver_stats.extra_stats
-        raw = stats["scip_status"]
-        optimal = raw in ("optimal", "gaplimit")
-        status = "optimal" if optimal else "time_limit" if raw == "timelimit" else raw
-        return status, optimal, _finite_or_none(stats["model"].getDualbound())
-
-
-class _Highs(_Backend):
-    name, cvxpy_name = "highs", "HIGHS"
-
-    def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
-        return {"time_limit": float(time_limit), "mip_rel_gap": rel_gap, "mip_abs_gap": abs_gap}
-
-    def outcome(self, problem):
-        # CVXPY keeps only HiGHS's info, not its model status; the only limit set is the time.
-        raw = problem.status
-        status = {"optimal": "optimal", "user_limit": "time_limit"}.get(raw, raw)
-        return status, raw == "optimal", _finite_or_none(problem.solver_stats.extra_stats.mip_dual_bound)
-
-
-for _backend in (_Gurobi(), _Scip(), _Highs()):
-    SOLVERS.register(_backend.name)(_backend)
-
-
-@contextmanager
-def _solver_output_to_stderr():
-    """Solvers print banners on the C-level stdout (HiGHS on every model, gurobipy's licence line
-    once); send them to stderr so that a command's stdout stays clean JSON."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:
-        yield
-        return
-    try:
-        os.dup2(2, 1)
-        # gurobipy writes its licence banner through Python's sys.stdout, not the C-level one
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        try:
-            ctypes.CDLL(None).fflush(None)
-        except (OSError, AttributeError):
-            pass
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-class _NoSolution(SolverError):
-    """The solver ran but returned no feasible choice (a time limit, or it found none)."""
-
-
-def _backends_for(solver: str, order: Tuple[str, ...] = AUTO_ORDER, allow_none: bool = False) -> Tuple[List[_Backend], List[str]]:
-    """The backends to try in order, and notes on the ones skipped. allow_none: auto with no
-    solver installed gives no backends instead of an error."""
-    import cvxpy as cp
-
-    installed = cp.installed_solvers()
-    name = (solver or "").strip().lower()
-    if name != "auto" and name not in SOLVERS:
-        raise UsageError(
-            f"unknown solver {solver!r}; choose auto, {', '.join(order)} "
-            f"(solvers CVXPY has installed: {', '.join(installed) or 'none'})"
-        )
-    if name != "auto":
-        backend = SOLVERS.get(name)
-        if backend.cvxpy_name not in installed:
-            raise SolverError(f"solver {name} is not installed (solvers CVXPY has installed: {', '.join(installed) or 'none'})")
-        return [backend], []
-    backends = [SOLVERS.get(n) for n in order]
-    usable = [b for b in backends if b.cvxpy_name in installed]
-    if not usable and not allow_none:
-        raise SolverError(f"no MIP solver installed: install gurobipy, pyscipopt or highspy (CVXPY has: {', '.join(installed) or 'none'})")
-    return usable, [f"{b.name} not installed" for b in backends if b not in usable]
-
-
-def _checked_time_limit(time_limit) -> float:
-    value = _finite_or_none(time_limit)
-    if value is None or value <= 0:
-        raise UsageError(f"invalid solver time limit {time_limit!r}: expected a positive number of seconds")
-    return value
-
-
-def _why(backend: _Backend, explicit: bool, notes: List[str], order: Tuple[str, ...]) -> str:
-    if explicit:
-        return f"{backend.name} as requested"
-    if notes:
-        return f"{'; '.join(notes)}; fell back to {backend.name}"
-    return f"{backend.name}: first choice of auto ({', '.join(order)})"
 
 
 def _solve(
@@ -318,7 +136,8 @@ def _solve(
         if x is None or model.problem.status not in cp.settings.SOLUTION_PRESENT:
             if time.perf_counter() - attempt_start >= 0.9 * time_limit:
                 raise _NoSolution(f"{backend.name} stopped at its time limit of {time_limit:g} s without a feasible "
-                                  f"solution; raise --time-limit (solver status {model.problem.status})")
+                                  f"solution; raise time_limit (solver status {model.problem.status})",
+                                  params=("time_limit",))
             raise _NoSolution(f"{backend.name} found no feasible solution (status {model.problem.status}, time limit {time_limit:g} s)")
         choice = space.choice_of(x)
         if not space.fits(choice, budget_bytes):

@@ -250,7 +250,12 @@ def test_time_limit_is_reported_honestly(solver, psd, n_layers):
         # feasible point in 1 s, which is reported as such; exact always has the incumbent
         assert psd != "exact" and "no feasible solution within the time limit" in str(exc)
         return
-    assert result.status == "time_limit" and not result.optimal
+    # on an idle machine HiGHS sometimes closes the shift instance within the second: then it must
+    # be a proof (a gap within the tolerance on x'Gx), never a claim
+    if result.optimal:
+        assert result.status == "optimal" and result.gap is not None and result.gap <= 1e-6
+        return
+    assert result.status == "time_limit"
     assert space.fits(result.choice, budget)
     x = space.one_hot(result.choice)
     assert result.objective == pytest.approx(x @ G @ x)
