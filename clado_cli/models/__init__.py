@@ -1,5 +1,6 @@
-"""Models behind one factory: torchvision classifiers by name, `embedded`, and user factories
-(`package.module:factory` or `path/to/file.py:factory`).
+"""Models behind one factory: torchvision classifiers by name, `embedded`, `timm:NAME`,
+`hf:PATH` (models/wild.py), and user factories (`package.module:factory` or
+`path/to/file.py:factory`). `model_preprocessing(cfg)` gives the preprocessing a model carries.
 
 `build_model(cfg, data)` returns the float model in eval mode. Weights are only ever loaded with
 `torch.load(..., weights_only=True)` or from safetensors.
@@ -55,9 +56,15 @@ def _stack(ds):
 
 
 def build_model(cfg: ModelConfig, data=None, log=None) -> nn.Module:
+    from .wild import build_hf, build_timm
+
     name = cfg.name
     if name in MODELS:
         model = MODELS.get(name)(cfg, data, log)
+    elif name.startswith("timm:"):
+        model = build_timm(cfg, data, log)
+    elif name.startswith("hf:"):
+        model = build_hf(cfg, data, log)
     elif is_factory_spec(name):
         model = _from_factory(name, cfg)
         if cfg.weights not in ("DEFAULT", "none"):
@@ -82,8 +89,10 @@ def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
     known = torchvision_names()
     if name not in known:
         raise UsageError(unknown_name_message("model", name, known + MODELS.names()))
-    if cfg.weights == "DEFAULT":
-        weights = tvm.get_model_weights(name).DEFAULT
+    from .wild import torchvision_weights
+
+    weights = torchvision_weights(name, cfg.weights)
+    if weights is not None:
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if not path.is_file():
             raise InputError(
@@ -91,7 +100,8 @@ def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
                 f"{Path(weights.url).name} (from {weights.url}) into {path.parent}/, or set "
                 f"model.weights to a state_dict file or 'none'")
         _check_hub_hash(path)
-        model = tvm.get_model(name, weights=None)
+        nc = len(weights.meta.get("categories") or []) or None
+        model = tvm.get_model(name, weights=None, **({"num_classes": nc} if nc else {}))
         _load_state_dict_file(model, str(path))
         return model
     kwargs = {}
@@ -101,8 +111,18 @@ def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
     torch.manual_seed(0)  # 'none' means a seeded random init, so runs are repeatable
     model = tvm.get_model(name, weights=None, **kwargs)
     if cfg.weights != "none":
+        if cfg.weights == "DEFAULT":
+            raise UsageError(f"model {name} has no torchvision pretrained weights: set model.weights to a "
+                             f"state_dict file or 'none'")
         _load_state_dict_file(model, cfg.weights)
     return model
+
+
+def model_preprocessing(cfg: ModelConfig):
+    """The preprocessing `cfg`'s model carries (data.transform keys plus `source`), or None."""
+    from .wild import model_preprocessing as _mp
+
+    return _mp(cfg)
 
 
 def _check_hub_hash(path: Path) -> None:
