@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import inspect
 import sys
-import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,6 +21,7 @@ import torch.nn as nn
 from ..config import ModelConfig
 from ..errors import InputError, UsageError
 from ..registry import Registry, unknown_name_message
+from .loading import _load_state_dict_file, _num_classes, read_state_dict  # noqa: F401  (re-exported)
 
 # Model "kinds" that are not torchvision names.
 MODELS: Registry[Callable] = Registry("model")
@@ -73,14 +73,6 @@ def build_model(cfg: ModelConfig, data=None, log=None) -> nn.Module:
         model = _torchvision(name, cfg, data)
     model.eval()
     return model
-
-
-def _num_classes(cfg: ModelConfig, data) -> Optional[int]:
-    if cfg.num_classes:
-        return cfg.num_classes
-    if data is not None and data.num_classes:
-        return data.num_classes
-    return None
 
 
 def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
@@ -177,50 +169,6 @@ def _from_factory(spec: str, cfg: ModelConfig) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise InputError(f"model factory {spec} returned {type(model).__name__}, not an nn.Module")
     return model
-
-
-def read_state_dict(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(p))
-        except Exception as exc:
-            raise InputError(f"weights file {p} is not a readable safetensors file: {exc}") from None
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
-            warnings.simplefilter("ignore")
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise InputError(f"weights file {p} needs pickle to load (refused: only plain state_dicts "
-                             f"of tensors are loaded, with weights_only=True)") from None
-        raise InputError(f"weights file {p} is truncated or not a state_dict: {first}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise InputError(f"weights file {p} does not hold a state_dict of tensors")
-    return sd
-
-
-def _load_state_dict_file(model: nn.Module, path: str) -> None:
-    sd = read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise InputError(f"weights file {path} does not fit the model: {what} "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise InputError(f"weights file {path} does not fit the model: {k} has shape "
-                             f"{tuple(sd[k].shape)}, the model expects {tuple(v.shape)}")
-    model.load_state_dict(sd)
 
 
 def weights_hash(model: nn.Module) -> str:

@@ -129,7 +129,7 @@ def build_timm(cfg, data, log=None) -> nn.Module:
     _need("timm")
     import timm
 
-    from . import _load_state_dict_file, _num_classes, read_state_dict
+    from .loading import _load_state_dict_file, _num_classes, read_state_dict
 
     name = _timm_name(cfg.name)
     pcfg = _timm_pretrained_cfg(name, cfg.weights)
@@ -218,7 +218,7 @@ def build_hf(cfg, data, log=None) -> nn.Module:
     _need("transformers")
     from transformers import AutoModelForImageClassification
 
-    from . import _load_state_dict_file
+    from .loading import _load_state_dict_file
 
     p = _hf_dir(cfg.name)
     try:
