@@ -164,6 +164,15 @@ def build_timm(cfg, data, log=None) -> nn.Module:
             kwargs["num_classes"] = int(nc)
     torch.manual_seed(0)  # 'none' is a seeded random init, so runs are repeatable
     try:
+        # plain attention instead of the fused kernel: HAWQ's Hessian-vector products need a
+        # second derivative, which the CPU flash-attention kernel does not have (same numbers
+        # up to rounding; only models built from here on are affected)
+        from timm.layers import set_fused_attn
+
+        set_fused_attn(False)
+    except ImportError:
+        pass
+    try:
         model = timm.create_model(name, pretrained=False, pretrained_cfg_overlay=(dir_cfg or {}).get("pretrained_cfg"),
                                   **kwargs)
     except Exception as exc:
@@ -222,7 +231,10 @@ def build_hf(cfg, data, log=None) -> nn.Module:
 
     p = _hf_dir(cfg.name)
     try:
-        model = AutoModelForImageClassification.from_pretrained(str(p), local_files_only=True)
+        # eager attention: HAWQ's Hessian-vector products need a second derivative, which the
+        # CPU flash-attention kernel behind sdpa does not have
+        model = AutoModelForImageClassification.from_pretrained(str(p), local_files_only=True,
+                                                                attn_implementation="eager")
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"cannot load the Hugging Face model at {p}: {type(exc).__name__}: {first}") from None

@@ -148,6 +148,17 @@ class QLayer(nn.Module):
             return self._plain(x, w)
         return torch.func.functional_call(self.layer, {"weight": w}, (x,))
 
+    def __getattr__(self, name: str):
+        """Attributes the model's own code reads from the layer it called (a Hugging Face patch
+        embedding reads `projection.weight.dtype`, others `in_features`) come from the wrapped
+        layer."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "layer":
+                raise
+            return getattr(super().__getattr__("layer"), name)
+
     def extra_repr(self):
         return f"name={self.name}, w_bits={self.w_bits}, a_on={self.a_on}, options={self.bit_options}"
 
