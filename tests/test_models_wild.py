@@ -145,7 +145,7 @@ def folder_data(tmp_path_factory):
     return root
 
 
-def _run_all(tmp_path, session, messages):
+def _run_all(tmp_path, session, messages, capfd=None):
     from clado_cli.layers_report import layers_report
     from clado_cli.pipeline import run_pipeline
 
@@ -154,6 +154,11 @@ def _run_all(tmp_path, session, messages):
     assert rep["counts"]["decided"] >= 3 and rep["transform"] is not None
     res = run_pipeline(session, tmp_path / "out", budgets=["avg:6"], methods=["clado", "mpqco", "hawq"], uniform=[8])
     rows = res["results"]
+    engine = res["prep"]["clado"]["engine"]
+    assert engine in ("fast", "reference")
+    if capfd is not None and engine == "reference":  # the fast engine refused the model: clado says why
+        err = capfd.readouterr().err
+        assert "reference engine" in err, err
     assert [r["kind"] for r in rows][:2] == ["float", "uniform"]
     assert {r["method"] for r in rows if r["kind"] == "decision"} == {"clado", "mpqco", "hawq"}
     assert all(0 <= r["top1"] <= 1 and r["images_per_second"] > 0 for r in rows)
@@ -164,7 +169,7 @@ def _run_all(tmp_path, session, messages):
     return rep, kinds
 
 
-def test_timm_model_from_a_local_directory(tmp_path, folder_data):
+def test_timm_model_from_a_local_directory(tmp_path, folder_data, capfd):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
 
@@ -187,10 +192,10 @@ def test_timm_model_from_a_local_directory(tmp_path, folder_data):
     assert t["resize"] == [int(32 / pcfg["crop_pct"])]
     sd = s.float_model.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
-    _run_all(tmp_path, s, said)
+    _run_all(tmp_path, s, said, capfd)
 
 
-def test_hf_vit_from_a_local_directory(tmp_path, folder_data):
+def test_hf_vit_from_a_local_directory(tmp_path, folder_data, capfd):
     transformers = pytest.importorskip("transformers")
     from PIL import Image
 
@@ -211,7 +216,7 @@ def test_hf_vit_from_a_local_directory(tmp_path, folder_data):
     img = Image.open(next((folder_data / "val" / "c1").glob("*.png")))
     ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
     assert torch.allclose(t.pil()(img), ref, atol=2e-2)
-    rep, kinds = _run_all(tmp_path, s, said)
+    rep, kinds = _run_all(tmp_path, s, said, capfd)
     assert "Linear" in kinds and "Conv2d" in kinds
     skipped = {l["name"] for l in rep["layers"] if l["role"] == "skipped"}
     assert {"model.vit.embeddings.cls_token", "model.vit.embeddings.position_embeddings"} <= skipped
