@@ -194,7 +194,9 @@ def resolve_transform(kind: str, image_size: int = 224, explicit: Optional[Dict[
     Each layer (source default, model, config) overrides the keys it sets; a layer that sets
     `resize` drops an earlier `crop_pct` and the other way round. With crop_pct, the resize is
     floor(side / crop_pct) of the input's side (timm's rule; the default keeps clado's
-    int(side * 256 / 224)) and the crop is central unless center_crop says otherwise."""
+    int(side * 256 / 224)) and the crop is central unless center_crop says otherwise. A layer
+    that sets input_size alone scales an earlier resize by the same factor (torchvision's 256/224
+    becomes 73/64 for input_size 64; an exact resize to the input size follows the input size)."""
     explicit = dict(explicit or {})
     if kind not in FILE_SOURCES:
         if explicit:
@@ -214,6 +216,12 @@ def resolve_transform(kind: str, image_size: int = 224, explicit: Optional[Dict[
             values["crop_pct"], origin["crop_pct"] = None, who
         if "crop_pct" in layer:
             values["resize"], origin["resize"] = None, who
+        if "input_size" in layer and "resize" not in layer and "crop_pct" not in layer and values["resize"]:
+            # a new input size alone keeps the earlier resize's proportion to the input
+            (oh, ow), (nh, nw) = values["input_size"], _pair(layer["input_size"])
+            r = values["resize"]
+            values["resize"] = (int(r[0] * nh / oh),) if len(r) == 1 else (int(r[0] * nh / oh), int(r[1] * nw / ow))
+            origin["resize"] = who
         for k, v in layer.items():
             if k == "input_size":
                 v = _pair(v)

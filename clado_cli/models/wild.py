@@ -230,6 +230,17 @@ def build_hf(cfg, data, log=None) -> nn.Module:
     from .loading import _load_state_dict_file
 
     p = _hf_dir(cfg.name)
+    if cfg.weights == "none":  # the directory's architecture with a seeded random init
+        from transformers import AutoConfig
+
+        torch.manual_seed(0)
+        try:
+            model = AutoModelForImageClassification.from_config(
+                AutoConfig.from_pretrained(str(p), local_files_only=True), attn_implementation="eager")
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"cannot build the Hugging Face model of {p}: {type(exc).__name__}: {first}") from None
+        return HFLogits(model.eval())
     try:
         # eager attention: HAWQ's Hessian-vector products need a second derivative, which the
         # CPU flash-attention kernel behind sdpa does not have
@@ -239,7 +250,7 @@ def build_hf(cfg, data, log=None) -> nn.Module:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"cannot load the Hugging Face model at {p}: {type(exc).__name__}: {first}") from None
     wrapped = HFLogits(model.eval())
-    if cfg.weights not in ("DEFAULT", "none"):
+    if cfg.weights != "DEFAULT":
         _load_state_dict_file(wrapped.model, cfg.weights)
     return wrapped
 

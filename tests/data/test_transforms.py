@@ -114,7 +114,7 @@ def test_explicit_keys_override_the_model():
     pre = model_preprocessing(ModelConfig(name="resnet18", weights="DEFAULT"))
     t = resolve_transform("imagefolder", 224, {"input_size": 64, "normalize": "none", "interpolation": "bicubic"}, pre)
     assert t.input_size == (64, 64) and not t.normalize and t.interpolation == "bicubic"
-    assert t.resize == (256,)  # the model's resize stays unless set
+    assert t.resize == (73,)  # the model's resize keeps its proportion (256/224) to the input size
     assert t.origin["input_size"] == "config" and t.origin["mean"] == "model"
     t = resolve_transform("imagefolder", 224, {"input_size": 64, "crop_pct": 0.5}, pre)
     assert t.resize == (128,) and t.center_crop
