@@ -72,7 +72,7 @@ class Transform:
             parts.append("normalize mean " + _fmt(self.mean) + " std " + _fmt(self.std))
         else:
             parts.append("no normalization (pixels in [0, 1])")
-        return ", ".join(parts) + f"  [{self.source}]"
+        return ", ".join(parts) + f"; from {self.source}"
 
     # -- applying ---------------------------------------------------------------------------
     def pil(self):
