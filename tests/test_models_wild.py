@@ -97,6 +97,9 @@ def test_sanity_warnings_name_the_numbers():
     assert "uniform 2-bit top-1 31.00% beats the float model's 13.98%" in w[1]
     rows = [{**rows[0], "top1": 0.92}, {**rows[1], "top1": 0.915}]
     assert sanity_warnings(s, rows) == []
+    s.data.spec = "synthetic:3x8x8"  # random labels: nothing to check
+    assert sanity_warnings(s, [{**rows[0], "top1": 0.1}]) == []
+    s.data.spec = "idx:/x"
     s.data.labeled = False  # pseudo-labels: float is right by definition
     assert sanity_warnings(s, [{**rows[0], "top1": 0.1}]) == []
 
