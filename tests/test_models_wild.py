@@ -76,7 +76,8 @@ def test_unit_pixel_model_needs_normalize_none(unit_pixel_model, tmp_path):
     common = {"model.name": f"{d}/net.py:net", "model.weights": str(d / "net.pt"), "data.dataset": f"idx:{d}"}
     right, _ = _session(tmp_path, **common, **{"data.transform.normalize": "none"})
     wrong, said = _session(tmp_path, **common)
-    r_rows = evaluate_uniform(right, [8])
+    r_rows = evaluate_uniform(right, [8, 8])
+    assert r_rows[2].get("reused") and r_rows[2]["top1"] == r_rows[1]["top1"]  # the same model state: measured once
     w_rows = evaluate_uniform(wrong, [8])
     # digits are forgiving (Fashion-MNIST fell from 92% to 14% in issue 14); still a clear loss
     assert r_rows[0]["top1"] >= 0.9, r_rows[0]
