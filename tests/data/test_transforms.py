@@ -141,3 +141,17 @@ def test_transform_is_in_the_fingerprint_of_file_data_only(tmp_path, idx_dir):
     assert a.fingerprint != b.fingerprint
     d = Session(load_config(None, {"device": "cpu", "cache_dir": str(tmp_path / "c")}))
     assert "transform" not in d.manifest["data"]  # digits: the fingerprint it always had
+
+
+def test_large_idx_transforms_run_per_item_with_the_same_pixels(idx_dir, monkeypatch):
+    from clado_cli.data import idx as idx_mod
+    from clado_cli.data import sensitivity_batch
+
+    tr = {"channels": "rgb", "input_size": 24, "resize": 26, "center_crop": True}
+    eager = load_data(f"idx:{idx_dir}", transform=tr)
+    monkeypatch.setattr(idx_mod, "EAGER_LIMIT", 1)
+    lazy = load_data(f"idx:{idx_dir}", transform=tr)
+    assert isinstance(lazy.train, idx_mod.TransformedArrays) and lazy.input_shape == (3, 24, 24)
+    xa, ya = sensitivity_batch(eager.train, 1, 8, 0)
+    xb, yb = sensitivity_batch(lazy.train, 1, 8, 0)
+    assert torch.allclose(xa, xb, atol=1e-6) and torch.equal(ya, yb)
