@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision pinned to the builds this kind of machine carries on disk
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,wild]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -35,6 +35,66 @@ class ModelConfig(_Section):
     num_classes: Optional[int] = Field(default=None, gt=0)
 
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+class TransformConfig(_Section):
+    """How file-backed data (idx:, imagefolder:, images:) becomes model inputs. Every key left
+    null comes from the model's own preprocessing when it has one (torchvision weights, timm's
+    pretrained config, a Hugging Face image processor), else from the source's default."""
+
+    # side of the square model input, or [height, width]
+    input_size: Optional[Union[int, List[int]]] = None
+    # resize before cropping: the shorter side (an int) or an exact [height, width]
+    resize: Optional[Union[int, List[int]]] = None
+    # or give the resize as a fraction: shorter side = floor(input_size / crop_pct)
+    crop_pct: Optional[float] = Field(default=None, gt=0, le=1)
+    interpolation: Optional[Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"]] = None
+    center_crop: Optional[bool] = None
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    # rgb (3 channels) or grayscale (1 channel)
+    channels: Optional[Literal["rgb", "grayscale"]] = None
+    # mean_std: (x - mean) / std on pixels in [0, 1]; none: the pixels in [0, 1] as they are
+    normalize: Optional[Literal["mean_std", "none"]] = None
+
+    @field_validator("input_size", "resize")
+    @classmethod
+    def _size(cls, v):
+        if v is None:
+            return v
+        vals = [v] if isinstance(v, int) else v
+        if isinstance(v, list) and len(v) != 2:
+            raise ValueError("must be one side or [height, width]")
+        if any(int(x) <= 0 for x in vals):
+            raise ValueError("sides must be positive")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, v):
+        if v is not None and (not v or any(x <= 0 for x in v)):
+            raise ValueError("needs one positive value per channel (or one for all)")
+        return v
+
+    @field_validator("mean")
+    @classmethod
+    def _mean(cls, v):
+        if v is not None and not v:
+            raise ValueError("needs one value per channel (or one for all)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_resize(self):
+        if self.resize is not None and self.crop_pct is not None:
+            raise ValueError("give resize or crop_pct, not both")
+        return self
+
+    def explicit(self) -> Dict[str, Any]:
+        """The keys set (not null)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class DataConfig(_Section):
     # digits | idx:PATH | imagefolder:PATH | images:PATH | synthetic:CxHxW[:classes]
     dataset: str = "digits"
@@ -50,9 +110,12 @@ class DataConfig(_Section):
     eval_split: Literal["test", "val", "train"] = "test"
     # evaluate on at most this many images (None: all of the split)
     eval_size: Optional[int] = Field(default=None, gt=0)
-    # side of the square input for imagefolder/images (Resize 256/224 * image_size)
+    # side of the square input for imagefolder/images (Resize 256/224 * image_size) when
+    # neither data.transform.input_size nor the model's preprocessing gives one
     image_size: int = Field(default=224, gt=0)
     workers: int = Field(default=0, ge=0)
+    # preprocessing of file-backed data (idx:, imagefolder:, images:); see TransformConfig
+    transform: TransformConfig = Field(default_factory=TransformConfig)
 
     @model_validator(mode="after")
     def _order(self):
@@ -104,6 +167,9 @@ class LayersConfig(_Section):
     exclude: List[str] = Field(default_factory=list)
     # keep the first quantizable layer and the last one (the classifier) out of the decision
     fix_first_last: bool = True
+    # which are first and last: call_order (the first and last quantizable layer a forward
+    # pass calls) or type (the first-called convolution and the last-called Linear)
+    first_last_by: Literal["call_order", "type"] = "call_order"
     # extra layers to keep fixed (globs)
     fixed: List[str] = Field(default_factory=list)
     fixed_weight_bits: int = Field(default=8, ge=2, le=16)

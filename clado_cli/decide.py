@@ -61,6 +61,8 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
         "warnings": warnings,
         "cache": {"fingerprint": cache.fingerprint, "batches": list(sens.batches), "samples": int(sens.samples)},
         "model": {"name": m["model"]["name"], "weights_sha256": m["model"]["weights_sha256"]},
+        # the resolved preprocessing of file-backed data (None for digits and synthetic)
+        "transform": m["data"].get("transform"),
         "clado_version": __version__,
         "config": config,
     }

@@ -2,12 +2,14 @@
 split, report top-1, top-5, mean loss, sizes and time; uniform baselines and float beside it."""
 from __future__ import annotations
 
+import math
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from .console import warn
 from .decisions import sizes_triple
 from .errors import InputError
 
@@ -43,9 +45,11 @@ def evaluate_current(session, limit: Optional[int] = None) -> Dict[str, Any]:
         raise InputError("the evaluation split is empty")
     from .stats import binomial_se
 
+    seconds = time.time() - t
     # `correct` (per-image top-1 outcomes, for paired tests) is dropped before results are written
     return {"top1": top1 / n, "top1_se": binomial_se(top1 / n, n), "top5": top5 / n, "loss": loss_sum / n,
-            "samples": n, "seconds": round(time.time() - t, 3), "correct": torch.cat(correct).numpy()}
+            "samples": n, "seconds": round(seconds, 3),
+            "images_per_second": round(n / seconds, 1) if seconds > 0 else None, "correct": torch.cat(correct).numpy()}
 
 
 def check_decision(session, decision: Dict[str, Any], where: str = "decision") -> None:
@@ -105,14 +109,45 @@ def sizes_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, float]:
     return sizes_triple(decided, fixed)
 
 
-def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision") -> Dict[str, Any]:
-    check_decision(session, decision, where)
-    bits = {n: int(s["w_bits"]) for n, s in decision["layers"].items()}
+def _bits_key(bits: Dict[str, int]):
+    return tuple(sorted(bits.items()))
+
+
+def _memo(session) -> Dict[Any, Dict[str, Any]]:
+    """Metrics already measured in this session, by model state: the same bits give the same
+    numbers (evaluation is deterministic), so identical decisions are evaluated once."""
+    return session.__dict__.setdefault("_eval_memo", {})
+
+
+def _evaluate_bits(session, bits: Dict[str, int]) -> Dict[str, Any]:
+    key = ("decision", session.cfg.data.eval_size, _bits_key(bits))
+    memo = _memo(session)
+    if key in memo:
+        return {**memo[key], "reused": True}
     session.qmodel.set_decision(bits)
     try:
         metrics = evaluate_current(session)
     finally:
         session.qmodel.reset()
+    memo[key] = dict(metrics)
+    return metrics
+
+
+def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision") -> Dict[str, Any]:
+    """Top-1/top-5/loss of a decision; a decision with the same bits as one evaluated before in
+    this session (methods often agree at a budget) reuses its numbers ("reused": true)."""
+    check_decision(session, decision, where)
+    bits = {n: int(s["w_bits"]) for n, s in decision["layers"].items()}
+    metrics = _evaluate_bits(session, bits)
+    warnings = list(decision.get("warnings", []))
+    fl = session.__dict__.get("_float_metrics")
+    checked = session.data.labeled and not str(session.data.spec).startswith("synthetic")
+    if fl is not None and checked and metrics["top1"] > fl["top1"] + _noise(fl["top1"], fl["samples"]):
+        w = (f"{decision['method']} @ {decision['budget']['given']}: top-1 {100 * metrics['top1']:.2f}% beats the "
+             f"float model's {100 * fl['top1']:.2f}% on {fl['samples']} images: check the preprocessing "
+             f"(data.transform) and the labels")
+        warn(w)
+        warnings.append(w)
     return {"kind": "decision", "method": decision["method"], "budget": decision["budget"],
             "label": decision_label(decision),
             **metrics, "sizes": sizes_for(session, bits), "bops": bops_for(session, bits),
@@ -120,9 +155,14 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
             "measured_loss_increase": (decision.get("measured") or {}).get("sensitivity", {}).get("loss_increase"),
             "held_out_loss_increase": ((decision.get("measured") or {}).get("held_out") or {}).get("loss_increase"),
             "solver": {k: decision["solver"].get(k) for k in ("solver", "status", "optimal", "gap")},
-            "warnings": decision.get("warnings", []),
+            "warnings": warnings,
             "provenance": {"fingerprint": decision["cache"]["fingerprint"], "batches": decision["cache"]["batches"],
                            "source": where}}
+
+
+def evaluate_decisions(session, docs: Iterable[Tuple[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """Rows for (where, decision) pairs in order; identical decisions are evaluated once."""
+    return [evaluate_decision(session, d, where) for where, d in docs]
 
 
 def evaluate_uniform(session, widths: Iterable[int], include_float: bool = True) -> List[Dict[str, Any]]:
@@ -131,6 +171,7 @@ def evaluate_uniform(session, widths: Iterable[int], include_float: bool = True)
     if include_float:
         qm.reset()
         m = evaluate_current(session)
+        session.__dict__["_float_metrics"] = dict(m)
         rows.append({"kind": "float", "label": "float", **m,
                      "sizes": sizes_triple(sum(l.numel * 4 for l in session.plan.decided),
                                            sum(l.numel * 4 for l in session.plan.fixed))})
@@ -138,12 +179,45 @@ def evaluate_uniform(session, widths: Iterable[int], include_float: bool = True)
         if b not in session.cfg.quant.weight_candidates:
             raise InputError(f"uniform {b}: not one of the candidate widths {session.cfg.quant.weight_candidates}",
                              params=("uniform",))
-        qm.set_uniform(b)
-        try:
-            m = evaluate_current(session)
-        finally:
-            qm.reset()
+        m = _evaluate_bits(session, {n: b for n in session.plan.decided_names})
         rows.append({"kind": "uniform", "bits": b, "label": f"uniform {b}-bit", **m,
                      "sizes": sizes_for(session, {n: b for n in session.plan.decided_names}),
                      "bops": bops_for(session, {n: b for n in session.plan.decided_names})})
+    if include_float:
+        warnings = sanity_warnings(session, rows)
+        for w in warnings:
+            warn(w)
+        rows[0]["warnings"] = warnings
     return rows
+
+
+def _noise(p: float, n: int) -> float:
+    """Two standard errors of an accuracy p measured on n images, at least one point."""
+    return max(0.01, 2.0 * math.sqrt(max(p * (1 - p), 1.0 / n) / max(n, 1)))
+
+
+def sanity_warnings(session, rows: List[Dict[str, Any]]) -> List[str]:
+    """On labeled data (not pseudo-labels, where float is right by definition): the float
+    model near chance, or a quantized baseline clearly above it, is the signature of wrong
+    preprocessing (docs: README "Data"). Each warning carries the numbers."""
+    data = session.data
+    if not data.labeled or not rows or rows[0].get("kind") != "float":
+        return []
+    if str(getattr(data, "spec", "")).startswith("synthetic"):
+        return []  # random labels: chance is all there is to get
+    fl = rows[0]
+    n, top1 = fl["samples"], fl["top1"]
+    out = []
+    classes = data.num_classes or 0
+    if classes >= 2:
+        chance = 1.0 / classes
+        if top1 <= chance + max(0.5 * chance, _noise(chance, n)):
+            out.append(f"the float model's top-1 is {100 * top1:.2f}% on {n} images, near chance "
+                       f"({100 * chance:.2f}% for {classes} classes; loss {fl['loss']:.3f}): the preprocessing "
+                       f"may not be the model's (data.transform: normalize, mean/std, input size, channels)")
+    for r in rows[1:]:
+        if r["top1"] > top1 + _noise(top1, n):
+            out.append(f"{r['label']} top-1 {100 * r['top1']:.2f}% beats the float model's {100 * top1:.2f}% on "
+                       f"{n} images (loss {r['loss']:.3f} vs {fl['loss']:.3f}): the signature of wrong "
+                       f"preprocessing (data.transform) or wrong labels")
+    return out

@@ -26,10 +26,18 @@ def layers_report(session) -> Dict[str, Any]:
             d["bytes"] = {str(fixed_bits): l.numel * fixed_bits / 8}
         layers.append(d)
     L, B = len(plan.decided), len(cands)
+    from .quant.layers import FIRST_LAST_RULES
+
     return {
         "model": cfg.model.name,
         "data": cfg.data.dataset,
         "input_shape": list(session.data.input_shape),
+        # the resolved preprocessing of file-backed data (None: digits, synthetic)
+        "transform": session.transform,
+        "fixed_rule": {"fix_first_last": cfg.layers.fix_first_last, "first_last_by": cfg.layers.first_last_by,
+                       "rule": FIRST_LAST_RULES[cfg.layers.first_last_by] if cfg.layers.fix_first_last
+                       else "off: no layer is fixed for being first or last",
+                       "globs": list(cfg.layers.fixed)},
         "candidates": cands,
         "activation_bits": cfg.quant.activation_bits,
         "fixed_precision": {"weight_bits": fixed_bits, "activation_bits": cfg.layers.fixed_activation_bits},

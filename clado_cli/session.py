@@ -53,11 +53,22 @@ class Session:
         self.device = device if device is not None else resolve_device(cfg.device)
 
     @cached_property
+    def model_preprocessing(self):
+        """The preprocessing the model carries (torchvision weights, timm, hf), or None."""
+        from .models import model_preprocessing
+
+        return model_preprocessing(self.cfg.model)
+
+    @cached_property
     def data(self):
-        from .data import load_data
+        from .data import FILE_SOURCES, load_data, parse_spec
 
         d = self.cfg.data
-        splits = load_data(d.dataset, image_size=d.image_size, eval_split=d.eval_split)
+        pre = self.model_preprocessing if parse_spec(d.dataset)[0] in FILE_SOURCES else None
+        splits = load_data(d.dataset, image_size=d.image_size, eval_split=d.eval_split,
+                           transform=d.transform.explicit(), model_pre=pre)
+        if splits.transform is not None:
+            self.log(f"preprocessing: {splits.transform.describe()}")
         if not splits.labeled:
             from .data import pseudo_label
 
@@ -134,12 +145,21 @@ class Session:
         return weights_hash(self.float_model)
 
     @cached_property
+    def transform(self) -> Optional[Dict[str, Any]]:
+        """The resolved preprocessing of file-backed data (None for digits and synthetic)."""
+        t = self.data.transform
+        return t.to_dict() if t is not None else None
+
+    @cached_property
     def manifest(self) -> Dict[str, Any]:
-        """Everything the cached numbers depend on; its hash names the cache directory."""
+        """Everything the cached numbers depend on; its hash names the cache directory.
+        File-backed data add their resolved transform (without where each setting came from:
+        the same pixels give the same numbers); digits and synthetic add nothing, so their
+        fingerprints are what they were before transforms existed."""
         from .models import canonical_name
 
         c = self.cfg
-        return {
+        m = {
             "format": CACHE_FORMAT,
             "clado_version": __version__,
             "model": {"name": canonical_name(c.model.name), "weights": c.model.weights,
@@ -158,6 +178,9 @@ class Session:
             "candidates": list(c.quant.weight_candidates),
             "loss": c.prep.loss,
         }
+        if self.transform is not None:
+            m["data"]["transform"] = {k: v for k, v in self.transform.items() if k not in ("source", "origin")}
+        return m
 
     @cached_property
     def fingerprint(self) -> str:

@@ -18,7 +18,7 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto.")
 ThreadsOpt = typer.Option(None, "--threads", help="torch CPU threads.")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Root of the sensitivity caches.")
-ModelOpt = typer.Option(None, "--model", help="Model: torchvision name, embedded, pkg.mod:fn or file.py:fn.")
+ModelOpt = typer.Option(None, "--model", help="Model: torchvision name, embedded, timm:NAME, hf:PATH, pkg.mod:fn or file.py:fn.")
 WeightsOpt = typer.Option(None, "--weights", help="DEFAULT, none, or a state_dict file.")
 
 

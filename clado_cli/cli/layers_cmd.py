@@ -39,6 +39,23 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
         macs = f"{l['macs']:,}" if "macs" in l else ""
         t.add_row(str(i), l["name"], l["kind"], l["role"], f"{l['numel']:,}", macs, *sizes, note)
     out.print(t)
+    fr = rep["fixed_rule"]
+    out.print(f"fixed layers: first and last by {fr['first_last_by']} ({fr['rule']})"
+              + (f"; layers.fixed: {', '.join(fr['globs'])}" if fr["globs"] else "")
+              + f"; the note column says why each is fixed or skipped")
+    if rep.get("transform"):
+        from ..data import Transform
+
+        tr = {k: v for k, v in rep["transform"].items()}
+        t_obj = Transform(**{**tr, "input_size": tuple(tr["input_size"]),
+                             "resize": tuple(tr["resize"]) if tr["resize"] else None,
+                             "mean": tuple(tr["mean"]), "std": tuple(tr["std"])})
+        out.print(f"preprocessing: {t_obj.describe()}")
+        from_model = sorted(k for k, v in tr["origin"].items() if v == "model")
+        from_cfg = sorted(k for k, v in tr["origin"].items() if v == "config")
+        if from_model or from_cfg:
+            out.print("  from the model: " + (", ".join(from_model) or "-") + "; from data.transform: "
+                      + (", ".join(from_cfg) or "-"))
     u = Table(title="uniform sizes (fixed layers at their fixed precision)")
     for col in ["weights", "decided", "fixed", "total"]:
         u.add_column(col, justify="right")

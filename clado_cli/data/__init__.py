@@ -10,6 +10,8 @@ A spec string is `digits` or `KIND:PATH`:
 """
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
+
 from .base import DATASETS, DataSplits, Relabeled, TensorData, check_eval_split, parse_spec
 from . import digits as _digits  # noqa: F401  (registers "digits")
 from . import idx as _idx  # noqa: F401  (registers "idx")
@@ -24,6 +26,7 @@ from .batches import (
     sensitivity_batch,
 )
 from .folders import pseudo_label
+from .transform import FILE_SOURCES, Transform, resolve_transform
 from ..errors import UsageError
 
 __all__ = [
@@ -40,16 +43,32 @@ __all__ = [
     "calibration_batches",
     "calibration_indices",
     "eval_batches",
+    "FILE_SOURCES",
+    "Transform",
+    "resolve_transform",
 ]
 
 
-def load_data(spec: str, image_size: int = 224, eval_split: str = "test") -> DataSplits:
+def load_data(spec: str, image_size: int = 224, eval_split: str = "test",
+              transform: Optional[Dict[str, Any]] = None, model_pre: Optional[Dict[str, Any]] = None) -> DataSplits:
     """Load the data set named by `spec`. `eval_split` picks the evaluation split: "test" or
     "val" -> the held-out split (digits/idx: the test part; imagefolder: val/), "train" -> the
-    training split. For images:PATH both splits are the same file list."""
+    training split. For images:PATH both splits are the same file list.
+
+    File-backed sources (idx, imagefolder, images) take a transform resolved from their default,
+    `model_pre` (the model's own preprocessing) and `transform` (the keys set in data.transform);
+    see data/transform.py. The result's `.transform` is that record (None for other sources)."""
     kind, path = parse_spec(spec)
     loader = DATASETS.get(kind)
     check_eval_split(eval_split)
     if int(image_size) <= 0:
         raise UsageError(f"image size must be positive, got {image_size}")
-    return loader(spec.strip(), path, int(image_size), eval_split)
+    if kind not in FILE_SOURCES:
+        resolve_transform(kind, int(image_size), transform, model_pre)  # explicit keys here: a usage error
+        return loader(spec.strip(), path, int(image_size), eval_split)
+
+    def resolver(native=None):
+        return resolve_transform(kind, int(image_size), transform, model_pre, native)
+
+    splits = loader(spec.strip(), path, int(image_size), eval_split, transform=resolver)
+    return splits

@@ -12,7 +12,9 @@ from torch.utils.data import Dataset
 from ..errors import InputError, UsageError
 from ..registry import Registry
 
-# kind -> loader(spec: str, path: str | None, image_size: int, eval_split: str) -> DataSplits
+# kind -> loader(spec: str, path: str | None, image_size: int, eval_split: str) -> DataSplits;
+# file-backed kinds (data/transform.py FILE_SOURCES) also take transform=resolver, where
+# resolver(native (C, H, W) or None) -> Transform
 DATASETS: Registry = Registry("data set")
 
 EVAL_SPLITS = ("test", "val", "train")
@@ -29,6 +31,8 @@ class DataSplits:
     num_classes: Optional[int]
     input_shape: Tuple[int, int, int]
     labeled: bool
+    # the resolved preprocessing of file-backed sources (data/transform.py); None for others
+    transform: Optional[object] = None
 
 
 class TensorData(Dataset):

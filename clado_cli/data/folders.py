@@ -13,25 +13,20 @@ from torchvision.datasets import ImageFolder
 from ..errors import InputError
 from .base import DATASETS, DataSplits, Relabeled, TensorData, existing_dir
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .transform import IMAGENET_MEAN, IMAGENET_STD, Transform, resolve_transform  # noqa: F401
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def eval_transform(image_size: int) -> Callable:
-    """Resize(image_size * 256/224) + CenterCrop(image_size) + ToTensor + Normalize(ImageNet).
-    Used for train and eval alike: no randomness, so a batch is the same pixels every run."""
-    from torchvision import transforms as T
+    """The default: Resize(image_size * 256/224) + CenterCrop(image_size) + ToTensor +
+    Normalize(ImageNet). Used for train and eval alike: no randomness, so a batch is the same
+    pixels every run. A loader given a resolver uses its Transform instead."""
+    return resolve_transform("images", image_size).pil()
 
-    return T.Compose(
-        [
-            T.Resize(int(image_size * 256 / 224)),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+
+def _resolved(kind: str, image_size: int, transform) -> Transform:
+    return transform(None) if transform is not None else resolve_transform(kind, image_size)
 
 
 def load_rgb(path: str):
@@ -76,7 +71,8 @@ def _class_dirs(root: str) -> List[str]:
 
 
 @DATASETS.register("imagefolder")
-def load_imagefolder_splits(spec: str, path: Optional[str], image_size: int, eval_split: str) -> DataSplits:
+def load_imagefolder_splits(spec: str, path: Optional[str], image_size: int, eval_split: str,
+                            transform=None) -> DataSplits:
     root = existing_dir("imagefolder", path)
     train_dir = os.path.join(root, "train")
     val_dir = os.path.join(root, "val")
@@ -85,7 +81,8 @@ def load_imagefolder_splits(spec: str, path: Optional[str], image_size: int, eva
     classes = _class_dirs(train_dir)
     if not classes:
         raise InputError(f"imagefolder data at {path}: train/ has no class folders (expected train/<class>/*.JPEG)")
-    transform = eval_transform(image_size)
+    resolved = _resolved("imagefolder", image_size, transform)
+    transform = resolved.pil()
     train = _image_folder(train_dir, classes, transform)
     if len(train) == 0:
         raise InputError(
@@ -112,8 +109,9 @@ def load_imagefolder_splits(spec: str, path: Optional[str], image_size: int, eva
         train=train,
         eval=held_out,
         num_classes=len(classes),
-        input_shape=(3, image_size, image_size),
+        input_shape=resolved.output_shape(),
         labeled=True,
+        transform=resolved,
     )
 
 
@@ -165,19 +163,22 @@ def list_images(root: str) -> List[str]:
 
 
 @DATASETS.register("images")
-def load_images_splits(spec: str, path: Optional[str], image_size: int, eval_split: str) -> DataSplits:
+def load_images_splits(spec: str, path: Optional[str], image_size: int, eval_split: str,
+                       transform=None) -> DataSplits:
     root = existing_dir("images", path)
     files = list_images(root)
     if not files:
         raise InputError(f"images data at {path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-    ds = ImageFiles(files, eval_transform(image_size))
+    resolved = _resolved("images", image_size, transform)
+    ds = ImageFiles(files, resolved.pil())
     return DataSplits(
         spec=spec,
         train=ds,
         eval=ds,
         num_classes=None,
-        input_shape=(3, image_size, image_size),
+        input_shape=resolved.output_shape(),
         labeled=False,
+        transform=resolved,
     )
 
 

@@ -17,9 +17,11 @@ import torch
 from ..errors import InputError
 from .base import DATASETS, DataSplits, TensorData, existing_dir, first_existing
 
-# MNIST's usual normalization (mean and std of its training pixels in [0, 1]).
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
+from .transform import MNIST_MEAN, MNIST_STD, Transform, resolve_transform  # noqa: F401  (MNIST's usual normalization)
+
+# a transform that changes the images' size or channels is applied on the fly (per batch of
+# items) instead of up front when the transformed split would take more than this many bytes
+EAGER_LIMIT = 1 << 30
 
 _IDX_TYPES = {
     0x08: np.dtype("u1"),
@@ -87,7 +89,9 @@ def _find(directory: str, spec_path: str, prefix: str, what: str, code: str) -> 
 def _load_split(directory: str, spec_path: str, prefix: str) -> Tuple[np.ndarray, np.ndarray, str]:
     images_path = _find(directory, spec_path, prefix, "images", "idx3")
     labels_path = _find(directory, spec_path, prefix, "labels", "idx1")
-    images = read_idx(images_path, ndim=3)
+    images = read_idx(images_path)
+    if images.ndim not in (3, 4):
+        read_idx(images_path, ndim=3)  # the error message for a wrong number of dimensions
     labels = read_idx(labels_path, ndim=1)
     if images.shape[0] != labels.shape[0]:
         raise InputError(
@@ -99,18 +103,58 @@ def _load_split(directory: str, spec_path: str, prefix: str) -> Tuple[np.ndarray
     return images, labels, images_path
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
+def _pixels(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W) or (N, H, W, 3) -> float32 (N, C, H, W), uint8 scaled to [0, 1]."""
     x = torch.from_numpy(images.astype(np.float32))
     if images.dtype == np.uint8:
         x = x / 255.0
-    return ((x - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+    return x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)
+
+
+def _to_tensor(images: np.ndarray, t: Optional[Transform] = None) -> torch.Tensor:
+    t = t if t is not None else resolve_transform("idx", native=_native(images))
+    x = _pixels(images)
+    out = []
+    for s in range(0, x.shape[0], 4096):
+        out.append(t.tensor(x[s: s + 4096]))
+    return torch.cat(out) if out else x
+
+
+class TransformedArrays(torch.utils.data.Dataset):
+    """IDX images transformed one item at a time (for transforms whose output would not fit
+    in memory at once, e.g. 28x28 images resized to 224x224 for an ImageNet model)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, t: Transform):
+        self.images, self.labels, self.t = images, torch.from_numpy(labels.astype(np.int64)), t
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int):
+        return self.t.tensor(_pixels(self.images[i: i + 1]))[0], int(self.labels[i])
+
+
+def _native(images: np.ndarray):
+    c = 3 if images.ndim == 4 and images.shape[-1] == 3 else 1
+    return (c, int(images.shape[1]), int(images.shape[2]))
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray, t: Transform):
+    c, h, w = t.output_shape()
+    if images.shape[0] * c * h * w * 4 > EAGER_LIMIT:
+        return TransformedArrays(images, labels, t)
+    return TensorData(_to_tensor(images, t), torch.from_numpy(labels.astype(np.int64)))
 
 
 @DATASETS.register("idx")
-def load_idx_splits(spec: str, path: Optional[str], image_size: int, eval_split: str) -> DataSplits:
+def load_idx_splits(spec: str, path: Optional[str], image_size: int, eval_split: str, transform=None) -> DataSplits:
     directory = existing_dir("idx", path)
     tr_x, tr_y, _ = _load_split(directory, path, "train")
-    train = TensorData(_to_tensor(tr_x), torch.from_numpy(tr_y.astype(np.int64)))
+    if tr_x.ndim == 4 and tr_x.shape[-1] != 3:
+        raise InputError(f"idx data at {path}: images of shape {tr_x.shape[1:]}; expected HxW or HxWx3")
+    native = _native(tr_x)
+    t = transform(native) if transform is not None else resolve_transform("idx", native=native)
+    train = _dataset(tr_x, tr_y, t)
     labels = [tr_y]
     if eval_split == "train":
         held_out = train
@@ -121,7 +165,7 @@ def load_idx_splits(spec: str, path: Optional[str], image_size: int, eval_split:
                 f"idx data at {path}: {os.path.basename(te_path)} has images of {te_x.shape[1:]}, "
                 f"the training images are {tr_x.shape[1:]}"
             )
-        held_out = TensorData(_to_tensor(te_x), torch.from_numpy(te_y.astype(np.int64)))
+        held_out = _dataset(te_x, te_y, t)
         labels.append(te_y)
     top = max((int(y.max()) for y in labels if y.size), default=-1)
     return DataSplits(
@@ -129,6 +173,7 @@ def load_idx_splits(spec: str, path: Optional[str], image_size: int, eval_split:
         train=train,
         eval=held_out,
         num_classes=top + 1 if top >= 0 else None,
-        input_shape=(1, int(tr_x.shape[1]), int(tr_x.shape[2])),
+        input_shape=t.output_shape(),
         labeled=True,
+        transform=t,
     )

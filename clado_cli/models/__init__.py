@@ -1,5 +1,6 @@
-"""Models behind one factory: torchvision classifiers by name, `embedded`, and user factories
-(`package.module:factory` or `path/to/file.py:factory`).
+"""Models behind one factory: torchvision classifiers by name, `embedded`, `timm:NAME`,
+`hf:PATH` (models/wild.py), and user factories (`package.module:factory` or
+`path/to/file.py:factory`). `model_preprocessing(cfg)` gives the preprocessing a model carries.
 
 `build_model(cfg, data)` returns the float model in eval mode. Weights are only ever loaded with
 `torch.load(..., weights_only=True)` or from safetensors.
@@ -11,10 +12,9 @@ import importlib
 import importlib.util
 import inspect
 import sys
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..config import ModelConfig
 from ..errors import InputError, UsageError
 from ..registry import Registry, unknown_name_message
+from .loading import _load_state_dict_file, _num_classes, read_state_dict  # noqa: F401  (re-exported)
 
 # Model "kinds" that are not torchvision names.
 MODELS: Registry[Callable] = Registry("model")
@@ -56,9 +57,15 @@ def _stack(ds):
 
 
 def build_model(cfg: ModelConfig, data=None, log=None) -> nn.Module:
+    from .wild import build_hf, build_timm
+
     name = cfg.name
     if name in MODELS:
         model = MODELS.get(name)(cfg, data, log)
+    elif name.startswith("timm:"):
+        model = build_timm(cfg, data, log)
+    elif name.startswith("hf:"):
+        model = build_hf(cfg, data, log)
     elif is_factory_spec(name):
         model = _from_factory(name, cfg)
         if cfg.weights not in ("DEFAULT", "none"):
@@ -69,22 +76,16 @@ def build_model(cfg: ModelConfig, data=None, log=None) -> nn.Module:
     return model
 
 
-def _num_classes(cfg: ModelConfig, data) -> Optional[int]:
-    if cfg.num_classes:
-        return cfg.num_classes
-    if data is not None and data.num_classes:
-        return data.num_classes
-    return None
-
-
 def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
     import torchvision.models as tvm
 
     known = torchvision_names()
     if name not in known:
         raise UsageError(unknown_name_message("model", name, known + MODELS.names()))
-    if cfg.weights == "DEFAULT":
-        weights = tvm.get_model_weights(name).DEFAULT
+    from .wild import torchvision_weights
+
+    weights = torchvision_weights(name, cfg.weights)
+    if weights is not None:
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if not path.is_file():
             raise InputError(
@@ -92,7 +93,8 @@ def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
                 f"{Path(weights.url).name} (from {weights.url}) into {path.parent}/, or set "
                 f"model.weights to a state_dict file or 'none'")
         _check_hub_hash(path)
-        model = tvm.get_model(name, weights=None)
+        nc = len(weights.meta.get("categories") or []) or None
+        model = tvm.get_model(name, weights=None, **({"num_classes": nc} if nc else {}))
         _load_state_dict_file(model, str(path))
         return model
     kwargs = {}
@@ -102,8 +104,18 @@ def _torchvision(name: str, cfg: ModelConfig, data) -> nn.Module:
     torch.manual_seed(0)  # 'none' means a seeded random init, so runs are repeatable
     model = tvm.get_model(name, weights=None, **kwargs)
     if cfg.weights != "none":
+        if cfg.weights == "DEFAULT":
+            raise UsageError(f"model {name} has no torchvision pretrained weights: set model.weights to a "
+                             f"state_dict file or 'none'")
         _load_state_dict_file(model, cfg.weights)
     return model
+
+
+def model_preprocessing(cfg: ModelConfig):
+    """The preprocessing `cfg`'s model carries (data.transform keys plus `source`), or None."""
+    from .wild import model_preprocessing as _mp
+
+    return _mp(cfg)
 
 
 def _check_hub_hash(path: Path) -> None:
@@ -185,50 +197,6 @@ def canonical_name(name: str) -> str:
     if sep and target.endswith(".py") and Path(target).is_file():
         return f"{Path(target).resolve()}:{attr}"
     return name
-
-
-def read_state_dict(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(p))
-        except Exception as exc:
-            raise InputError(f"weights file {p} is not a readable safetensors file: {exc}") from None
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
-            warnings.simplefilter("ignore")
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise InputError(f"weights file {p} needs pickle to load (refused: only plain state_dicts "
-                             f"of tensors are loaded, with weights_only=True)") from None
-        raise InputError(f"weights file {p} is truncated or not a state_dict: {first}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise InputError(f"weights file {p} does not hold a state_dict of tensors")
-    return sd
-
-
-def _load_state_dict_file(model: nn.Module, path: str) -> None:
-    sd = read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise InputError(f"weights file {path} does not fit the model: {what} "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise InputError(f"weights file {path} does not fit the model: {k} has shape "
-                             f"{tuple(sd[k].shape)}, the model expects {tuple(v.shape)}")
-    model.load_state_dict(sd)
 
 
 def weights_hash(model: nn.Module) -> str:

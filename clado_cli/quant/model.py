@@ -53,6 +53,23 @@ def make_qconfig(w: QuantizerConfig, w_bits: int, a: QuantizerConfig, a_bits: in
     return _QCONFIG_CACHE[key]
 
 
+def fake_quant_activation(fq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`fq(x)` for an activation FixedFakeQuantize with its fake-quant on and its observer off,
+    bit for bit, in about a fifth of the time on CPU: torch.fake_quantize_per_tensor_affine's CPU
+    kernel also builds the gradient mask. Computes what that kernel computes,
+    (clamp(nearbyint(x * (1.0f / s)) + z, qmin, qmax) - z) * s in float32, as
+    clamp(round(x * inv), qmin - z, qmax - z) * s (z is an integer, so the two agree exactly).
+    Falls back to `fq(x)` when gradients are wanted, for per-channel quantizers, for other dtypes
+    and whenever the observer is on."""
+    if (torch.is_grad_enabled() and x.requires_grad) or x.dtype != torch.float32 \
+            or getattr(fq, "is_per_channel", True) or fq.observer_enabled[0] == 1 or fq.fake_quant_enabled[0] != 1:
+        return fq(x)
+    sc = fq.scale.detach().to(torch.float32).reshape(())
+    inv = float(torch.ones((), dtype=torch.float32) / sc)
+    z = int(fq.zero_point.item())
+    return torch.mul(x, inv).round_().clamp_(fq.quant_min - z, fq.quant_max - z).mul_(float(sc))
+
+
 def _plain_forward(layer: nn.Module):
     """A fast call for layers whose forward is the stock one; None for subclasses that
     override forward (those go through torch.func.functional_call)."""
@@ -123,13 +140,24 @@ class QLayer(nn.Module):
         if self.calibrating:
             self.a_fq(x)  # observer on, fake-quant off: records the input range only
         elif self.a_on:
-            x = self.a_fq(x)
+            x = fake_quant_activation(self.a_fq, x)
         if self.w_bits is None:
             return self.layer(x)
         w = self.weight_for(self.w_bits)
         if self._plain is not None:
             return self._plain(x, w)
         return torch.func.functional_call(self.layer, {"weight": w}, (x,))
+
+    def __getattr__(self, name: str):
+        """Attributes the model's own code reads from the layer it called (a Hugging Face patch
+        embedding reads `projection.weight.dtype`, others `in_features`) come from the wrapped
+        layer."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "layer":
+                raise
+            return getattr(super().__getattr__("layer"), name)
 
     def extra_repr(self):
         return f"name={self.name}, w_bits={self.w_bits}, a_on={self.a_on}, options={self.bit_options}"
