@@ -11,7 +11,7 @@ from .batchrange import check_batch_range
 from .decisions import SCHEMA_ID, sizes_triple
 from .errors import InputError, UsageError
 from .methods import Sensitivities, SolveOptions, combine_checked, get_method, load_sensitivities, space_of
-from .optimize import Budget, check_budget, parse_budget_list, resolve_budget, resolve_budget_spec
+from .optimize import Budget, check_budget, parse_budget_list, resolve_budget, resolve_budget_spec, solver_threads
 from .store import Cache
 
 
@@ -70,14 +70,15 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
 
 def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd: str = "exact",
            solver: str = "auto", time_limit: float = 120.0, ks: Optional[Sequence[int]] = None,
-           config: Optional[Dict[str, Any]] = None, on_result=None) -> List[Dict[str, Any]]:
+           config: Optional[Dict[str, Any]] = None, on_result=None,
+           threads: Optional[int] = None) -> List[Dict[str, Any]]:
     """Every (method, budget) decision; each cache directory's batches are read once (clado and
     naive share CLADO's). Every budget is checked for feasibility before anything is solved."""
     chosen = [get_method(m) for m in methods]
     space = space_of(cache.manifest)
     for b in budgets:
         check_budget(space, b.bytes)
-    opts = SolveOptions(psd=psd, solver=solver, time_limit=time_limit)
+    opts = SolveOptions(psd=psd, solver=solver, time_limit=time_limit, threads=threads)
     out = []
     loaded: Dict[str, Any] = {}
     for method in chosen:
@@ -86,7 +87,8 @@ def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd:
             loaded[src] = combine_checked(cache, get_method(src), ks)
         sens = load_sensitivities(cache, method, ks, combined=loaded[src])
         for budget in budgets:
-            res, predicted = method.solve(sens, budget, opts)
+            with solver_threads(opts.threads):
+                res, predicted = method.solve(sens, budget, opts)
             d = make_decision(cache, sens, budget, res, predicted, psd, config or {})
             out.append(d)
             if on_result:

@@ -49,7 +49,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     ks = list(range(cfg.data.sb, cfg.data.eb + 1))
     log(f"optimize {', '.join(methods)} for {len(resolved)} budget(s)")
     decisions = decide(session.cache, methods, resolved, cfg.optimize.psd, cfg.optimize.solver,
-                       cfg.optimize.time_limit, ks=ks, config=cfg.to_dict())
+                       cfg.optimize.time_limit, ks=ks, config=cfg.to_dict(), threads=cfg.threads)
     out_dir = Path(out_dir)
     rows: List[Dict[str, Any]] = []
     log("evaluate float and uniform baselines")

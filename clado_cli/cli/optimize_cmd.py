@@ -53,7 +53,7 @@ def optimize(config: Optional[Path] = ConfigOpt,
     for b in resolved:
         log(f"budget {b.given} = {b.bytes:,} bytes for the decided layers")
     decisions = decide(c, methods, resolved, cfg.optimize.psd, cfg.optimize.solver, cfg.optimize.time_limit,
-                       ks=ks, config=config_for_cache(cfg.to_dict(), c))
+                       ks=ks, config=config_for_cache(cfg.to_dict(), c), threads=cfg.threads)
     for d in decisions:
         for w in d["warnings"]:
             warn(f"{d['method']}: {w}")

@@ -43,6 +43,7 @@ class SolveOptions:
     psd: str = "exact"
     solver: str = "auto"
     time_limit: float = 120.0
+    threads: Optional[int] = None   # CPU threads a solver may use (None: its default)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from .problem import (
     predicted_increase_quadratic,
     shift_lambda,
 )
+from .backends import solver_threads
 from .solvers import SOLVERS, SolveResult, solve_ilp, solve_iqp
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "shift_lambda",
     "solve_ilp",
     "solve_iqp",
+    "solver_threads",
 ]

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -20,6 +21,24 @@ ABS_SCALE = 1e-9  # IQP: absolute tolerance on x'Gx = ABS_SCALE x Σ_layers max 
 AUTO_ORDER = ("gurobi", "scip", "highs")  # ILP, and the release's clip and shift
 EXACT_AUTO_ORDER = ("highs", "scip", "gurobi")  # exact IQP: measured, docs/solvers.md
 PSD_TREATMENTS = ("exact", "clip", "shift")
+
+# CPU threads a solver may use (the config's `threads`); None: the solver's own default
+_THREADS: ContextVar[Optional[int]] = ContextVar("solver_threads", default=None)
+
+
+@contextmanager
+def solver_threads(n: Optional[int]):
+    """Solvers started inside use at most `n` threads (HiGHS, SCIP's LP, Gurobi)."""
+    token = _THREADS.set(int(n) if n else None)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+def threads() -> Optional[int]:
+    return _THREADS.get()
+
 
 @dataclass
 class _Model:
@@ -63,7 +82,8 @@ class _Gurobi(_Backend):
     _STATUS = {2: "optimal", 9: "time_limit", 13: "suboptimal"}
 
     def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
-        return {"TimeLimit": float(time_limit), "MIPGap": rel_gap, "MIPGapAbs": abs_gap}
+        opts = {"TimeLimit": float(time_limit), "MIPGap": rel_gap, "MIPGapAbs": abs_gap}
+        return {**opts, "Threads": threads()} if threads() else opts
 
     def outcome(self, problem):
         model = problem.solver_stats.extra_stats
@@ -99,7 +119,10 @@ class _Scip(_Backend):
     name, cvxpy_name = "scip", "SCIP"
 
     def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
-        return {"scip_params": {"limits/time": float(time_limit), "limits/gap": rel_gap, "limits/absgap": abs_gap}}
+        params = {"limits/time": float(time_limit), "limits/gap": rel_gap, "limits/absgap": abs_gap}
+        if threads():
+            params["lp/threads"] = threads()
+        return {"scip_params": params}
 
     def outcome(self, problem):
         stats = problem.solver_stats.extra_stats
@@ -113,7 +136,8 @@ class _Highs(_Backend):
     name, cvxpy_name = "highs", "HIGHS"
 
     def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
-        return {"time_limit": float(time_limit), "mip_rel_gap": rel_gap, "mip_abs_gap": abs_gap}
+        opts = {"time_limit": float(time_limit), "mip_rel_gap": rel_gap, "mip_abs_gap": abs_gap}
+        return {**opts, "threads": threads()} if threads() else opts
 
     def outcome(self, problem):
         # CVXPY keeps only HiGHS's info, not its model status; the only limit set is the time.

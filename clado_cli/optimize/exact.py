@@ -58,7 +58,9 @@ def _highs(model: LinearModel, integer: bool, options: dict):
     if integer:
         lp.integrality_ = [highspy.HighsVarType.kInteger] * model.n_x + [highspy.HighsVarType.kContinuous] * (model.n_cols - model.n_x)
     h.passModel(lp)
-    for key, value in options.items():
+    from .backends import threads
+
+    for key, value in {**options, **({"threads": threads()} if threads() else {})}.items():
         h.setOptionValue(key, value)
     return h
 

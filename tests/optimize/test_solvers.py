@@ -266,3 +266,19 @@ def test_time_limit_is_reported_honestly(solver, psd, n_layers):
         assert result.gap == pytest.approx((result.objective - result.best_bound) / abs(result.objective))
         assert result.gap_percent == pytest.approx(100 * result.gap)
     assert result.seconds < 20
+
+
+def test_solver_threads_reach_every_backend_and_highs_itself():
+    """The config's `threads` bounds the solvers too (HiGHS ignored it before)."""
+    from clado_cli.optimize import solver_threads
+    from clado_cli.optimize.backends import SOLVERS
+
+    plain = {name: SOLVERS.get(name).options(5.0) for name in ("highs", "scip", "gurobi")}
+    with solver_threads(1):
+        capped = {name: SOLVERS.get(name).options(5.0) for name in ("highs", "scip", "gurobi")}
+    assert capped["highs"]["threads"] == 1 and "threads" not in plain["highs"]
+    assert capped["scip"]["scip_params"]["lp/threads"] == 1 and capped["gurobi"]["Threads"] == 1
+    space, G = random_problem(3, 4)[:2]
+    with solver_threads(1):
+        r = solve_iqp(G, space, int(space.max_bytes()), psd="exact", solver="highs", time_limit=10)
+    assert r.optimal
