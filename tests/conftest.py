@@ -23,6 +23,16 @@ def _clado_env(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _loud_console():
+    """`-q` in an in-process CLI call sets the console quiet for the process: each test starts
+    with the console as a fresh process has it."""
+    from clado_cli import console
+
+    console.set_quiet(False)
+    yield
+
+
 def small_overrides(cache_dir, **extra):
     o = {"data.bs": 16, "data.sb": 0, "data.eb": 1, "data.calibration_size": 128, "cache_dir": str(cache_dir),
          "device": "cpu", "prep.hawq_max_iter": 20}

@@ -261,9 +261,9 @@ class Cache:
             raise CacheError(f"batches {ranges(missing)} of the {kind.label} are not cached in {self.fingerprint} "
                              f"(cached: {ranges(self.batches(kind)) or 'none'})")
         total: Dict[str, np.ndarray] = {}
-        s1: Dict[str, np.ndarray] = {}   # Σ n_k² a_k
-        s2: Dict[str, np.ndarray] = {}   # Σ n_k² a_k²
-        n_total, w2 = 0, 0
+        kept: List[Dict[str, np.ndarray]] = []   # per-batch values, for the standard errors
+        counts: List[int] = []
+        n_total = 0
         for k in ks:
             arrays, n = self.read_batch(kind, k)
             if check is not None:
@@ -271,19 +271,18 @@ class Cache:
             for name, a in arrays.items():
                 a = a.astype(np.float64)
                 total[name] = total[name] + n * a if name in total else n * a
-                if se:
-                    s1[name] = s1[name] + n * n * a if name in s1 else n * n * a
-                    s2[name] = s2[name] + n * n * a * a if name in s2 else n * n * a * a
+            if se:
+                kept.append(arrays)
+                counts.append(n)
             n_total += n
-            w2 += n * n
         means = {name: a / n_total for name, a in total.items()}
         if not se:
             return means, n_total, ks
-        K = len(ks)
         errors = None
-        if K > 1:   # sqrt(K/(K-1) · Σ w_k² (a_k − ā)²), w_k = n_k / N
-            errors = {name: np.sqrt(np.maximum(K / (K - 1) * (s2[name] - 2 * m * s1[name] + m * m * w2), 0.0))
-                      / n_total for name, m in means.items()}
+        if len(ks) > 1:   # two passes over the kept values: exact zeros for equal batches
+            from ..stats import weighted_se
+
+            errors = {name: weighted_se([b[name] for b in kept], counts) for name in means}
         return means, n_total, ks, errors
 
     # -- claims (two processes on one cache never compute the same batch) -------------------
