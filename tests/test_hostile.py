@@ -212,3 +212,15 @@ def test_dry_run_names_the_cheaper_hawq_estimator_when_per_layer_takes_hours(sha
     monkeypatch.setattr(type(hawq), "estimate", lambda self, s, fwd, eng: (9000.0, 100, {"hvp": 1}))
     plan = PrepRun(shared_session, "hawq", 0, 1).plan()
     assert "suggestion" in plan or plan["to_compute"] == []
+
+
+def test_preprocessing_flags_set_the_transform(tmp_path):
+    """--normalize and --input-size reach data.transform for file-backed data."""
+    import gzip
+
+    from clado_cli.cli.common import load
+
+    cfg = load(None, False, normalize="none", input_size=12, data="idx:/x")
+    assert cfg.data.transform.normalize == "none" and cfg.data.transform.input_size == 12
+    r = invoke("layers", "--normalize", "bogus", "-q")
+    check_error(r, 2, r"--normalize")

@@ -28,6 +28,10 @@ DATA_FORMS = ("digits", "idx:PATH", "imagefolder:PATH", "images:PATH", "syntheti
 DataOpt = typer.Option(None, "--data", help="Data set: " + ", ".join(DATA_FORMS) + ".")
 BsOpt = typer.Option(None, "--bs", help="Batch size of the sensitivity batches.")
 SeedOpt = typer.Option(None, "--seed", help="Seed of the training-split permutation.")
+NormalizeOpt = typer.Option(None, "--normalize", help="File-backed data: mean_std or none (pixels in [0, 1] as they "
+                                                       "are); default: the model's own preprocessing.")
+InputSizeOpt = typer.Option(None, "--input-size", help="File-backed data: side of the square model input "
+                                                        "(default: the model's own preprocessing).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No logs or progress on stderr.")
 
@@ -103,6 +107,7 @@ def load(config: Optional[Path], quiet: bool = False, **flags: Any):
         "sb": "data.sb", "eb": "data.eb", "engine": "prep.engine", "loss": "prep.loss",
         "psd": "optimize.psd", "solver": "optimize.solver", "time_limit": "optimize.time_limit",
         "hawq_estimator": "prep.hawq_estimator", "stack": "prep.stack",
+        "normalize": "data.transform.normalize", "input_size": "data.transform.input_size",
     }
     overrides: Dict[str, Any] = {}
     names: Dict[str, str] = {}

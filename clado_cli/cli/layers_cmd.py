@@ -1,17 +1,17 @@
 from pathlib import Path
 from typing import Optional
 
-import typer
 from rich.table import Table
 
 from ..console import out
-from .common import (BsOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
-                     boundary, load, print_json, session_for)
+from .common import (ConfigOpt, DataOpt, DeviceOpt, InputSizeOpt, JsonOpt, ModelOpt, NormalizeOpt, QuietOpt, ThreadsOpt,
+                     WeightsOpt, boundary, load, print_json, session_for)
 
 
 @boundary
 def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
-           data: Optional[str] = DataOpt, device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+           data: Optional[str] = DataOpt, normalize: Optional[str] = NormalizeOpt,
+           input_size: Optional[int] = InputSizeOpt, device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
            as_json: bool = JsonOpt, quiet: bool = QuietOpt):
     """List decided, fixed and skipped layers with sizes per candidate width, uniform model
     sizes, and the cost of one CLADO prep batch.
@@ -21,7 +21,8 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
     from ..layers_report import layers_report
     from ..optimize.budget import format_bytes
 
-    cfg = load(config, quiet, model=model, weights=weights, data=data, device=device, threads=threads)
+    cfg = load(config, quiet, model=model, weights=weights, data=data, device=device, threads=threads,
+               normalize=normalize, input_size=input_size)
     rep = layers_report(session_for(cfg))
     if as_json:
         print_json(rep)
@@ -42,7 +43,7 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
     fr = rep["fixed_rule"]
     out.print(f"fixed layers: first and last by {fr['first_last_by']} ({fr['rule']})"
               + (f"; layers.fixed: {', '.join(fr['globs'])}" if fr["globs"] else "")
-              + f"; the note column says why each is fixed or skipped")
+              + "; the note column says why each is fixed or skipped")
     if rep.get("transform"):
         from ..data import Transform
 

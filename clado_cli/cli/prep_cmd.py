@@ -4,8 +4,8 @@ from typing import Optional
 import typer
 
 from ..console import out
-from .common import (BsOpt, CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt,
-                     ThreadsOpt, WeightsOpt, boundary, load, print_json, session_for)
+from .common import (BsOpt, CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, InputSizeOpt, JsonOpt, ModelOpt, NormalizeOpt,
+                     QuietOpt, SeedOpt, ThreadsOpt, WeightsOpt, boundary, load, print_json)
 
 from ..methods import get_method, prep_method_names
 
@@ -58,9 +58,10 @@ def _check_applies(method: str, given: dict) -> None:
 
 
 def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
-         cache_dir, loss, as_json, quiet, hawq_estimator=None, stack=None):
+         cache_dir, loss, as_json, quiet, hawq_estimator=None, stack=None, normalize=None, input_size=None):
     _check_applies(method, {"engine": engine, "stack": stack, "estimator": hawq_estimator})
     cfg = load(config, quiet, sb=sb, eb=eb, bs=bs, seed=seed, engine=engine, model=model, weights=weights,
+               normalize=normalize, input_size=input_size,
                data=data, device=device, threads=threads, cache_dir=cache_dir, loss=loss,
                hawq_estimator=hawq_estimator, stack=_stack(stack))
     from ..distributed import maybe_distributed_prep
@@ -96,6 +97,7 @@ def _command(method: str, doc: str):
             engine: Optional[str] = typer.Option(None, "--engine", help=f"{_readers('engine')}: fast or reference (same numbers)."),
             shard: Optional[str] = typer.Option(None, "--shard", help="Compute only shard K/N of the batches."),
             model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
+            normalize: Optional[str] = NormalizeOpt, input_size: Optional[int] = InputSizeOpt,
             device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
             cache_dir: Optional[str] = CacheDirOpt,
             loss: Optional[str] = typer.Option(None, "--loss", help="ce (labels) or kl (to the float model's output)."),
@@ -106,7 +108,7 @@ def _command(method: str, doc: str):
                                       "memory)."),
             as_json: bool = JsonOpt, quiet: bool = QuietOpt):
         _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model, weights, data, device, threads,
-             cache_dir, loss, as_json, quiet, hawq_estimator, stack)
+             cache_dir, loss, as_json, quiet, hawq_estimator, stack, normalize, input_size)
 
     cmd.__doc__ = doc
     cmd.__name__ = f"prep_{method}"

@@ -4,8 +4,8 @@ from typing import Optional
 import typer
 
 from ..console import out
-from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
-                     boundary, load, print_json, session_for)
+from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, InputSizeOpt, JsonOpt, ModelOpt, NormalizeOpt, QuietOpt,
+                     ThreadsOpt, WeightsOpt, boundary, load, print_json, session_for)
 
 
 @boundary
@@ -16,6 +16,7 @@ def run(config: Optional[Path] = ConfigOpt,
         sb: Optional[int] = typer.Option(None, "--sb", help="First sensitivity batch."),
         eb: Optional[int] = typer.Option(None, "--eb", help="Last sensitivity batch (inclusive)."),
         model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
+        normalize: Optional[str] = NormalizeOpt, input_size: Optional[int] = InputSizeOpt,
         device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt, cache_dir: Optional[str] = CacheDirOpt,
         export_dir: Optional[Path] = typer.Option(None, "--export", help="Also export every decision here as ONNX "
                                                   "(QDQ) and encodings JSON (see clado export)."),
@@ -30,6 +31,7 @@ def run(config: Optional[Path] = ConfigOpt,
     from .evaluate_cmd import results_table
 
     cfg = load(config, quiet, sb=sb, eb=eb, model=model, weights=weights, data=data, device=device,
+               normalize=normalize, input_size=input_size,
                threads=threads, cache_dir=cache_dir)
     budget_list = parse_budget_list(budgets) if budgets else None
     method_list = [m.strip() for m in methods.split(",")] if methods else None
