@@ -12,13 +12,14 @@ from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelO
 def results_table(rows, title: str) -> Table:
     from ..optimize import format_bytes
 
-    t = Table(title=title)
-    for col in ["model", "top-1", "top-5", "loss", "decided", "total", "time"]:
-        t.add_column(col, justify="left" if col == "model" else "right")
+    t = Table(title=title, caption="±: half-width of top-1's 95% interval (1.96 standard errors). Decided "
+                                   "bytes, top-5, BOPs, measured loss increases and paired tests: --json")
+    for col in ["model", "top-1", "±", "loss", "size", "time"]:
+        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for r in rows:
-        t.add_row(r["label"], f"{100 * r['top1']:.2f}%", f"{100 * r['top5']:.2f}%", f"{r['loss']:.4f}",
-                  format_bytes(r["sizes"]["decided_bytes"]), format_bytes(r["sizes"]["total_bytes"]),
-                  f"{r['seconds']:.2f}s")
+        se = r.get("top1_se")
+        t.add_row(r["label"], f"{100 * r['top1']:.2f}%", f"{196 * se:.2f}" if se is not None else "",
+                  f"{r['loss']:.4f}", format_bytes(r["sizes"]["total_bytes"]), f"{r['seconds']:.2f}s")
     return t
 
 
