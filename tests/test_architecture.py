@@ -27,17 +27,16 @@ def _modules() -> Dict[str, Path]:
 
 
 def import_graph() -> Dict[str, Set[str]]:
-    """Module -> the clado_cli modules it imports, at any depth of the file (function-level
-    imports count too). `from pkg import name` is an edge to pkg.name when that is a module,
-    else to pkg; a package's own __init__ is not implied by importing one of its modules."""
+    """Module -> the clado_cli modules it imports, at any depth of the file (function-level and
+    type-checking imports count too). `from pkg import name` is an edge to pkg.name when that is
+    a module, else to pkg; `from . import name` is an edge to the package too (its __init__
+    runs first); otherwise a package's own __init__ is not implied by importing one of its
+    modules."""
     mods = _modules()
     graph: Dict[str, Set[str]] = {m: set() for m in mods}
     for mod, path in mods.items():
         is_pkg = path.name == "__init__.py"
         tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):   # imports for type checkers only never run
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                node.body = []
         for node in ast.walk(tree):
             targets: List[str] = []
             if isinstance(node, ast.Import):
@@ -52,6 +51,8 @@ def import_graph() -> Dict[str, Set[str]]:
                 for a in node.names:
                     full = f"{prefix}.{a.name}"
                     targets.append(full if full in mods else prefix)
+                if node.level and not node.module and prefix in mods:
+                    targets.append(prefix)   # `from . import x` runs the package's __init__ first
             for t in targets:
                 while t and t not in mods:   # `import clado_cli.x.y` where y is a name
                     t = t.rpartition(".")[0]

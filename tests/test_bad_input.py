@@ -566,9 +566,6 @@ def test_time_limit_with_an_incumbent_is_flagged_not_an_error(ctx: Ctx, monkeypa
 
 def test_exact_without_any_solver_answers_with_the_heuristic_marked_not_optimal(ctx: Ctx, monkeypatch):
     _no_solvers(monkeypatch)
-    import clado_cli.optimize.exact as exact
-
-    monkeypatch.setattr(exact, "highs_available", lambda: False, raising=False)
     r = invoke("optimize", *ctx.c(), "-m", "clado", "--avg-bits", "4", "--psd", "exact", "-o", ctx.out)
     assert r.exit_code == 0, r.output
     d = json.loads(ctx.out.read_text())

@@ -39,7 +39,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import SolverError, UsageError
-from . import exact as exact_highs
+from .exact import DEFAULT_FORMULATION, FORMULATIONS
+from .exact import solve as solve_exact_highs
 from .backends import (ABS_GAP, ABS_SCALE, AUTO_ORDER, EXACT_AUTO_ORDER, PSD_TREATMENTS, REL_GAP, SOLVERS,  # noqa: F401
                        _Backend, _backends_for, _checked_time_limit, _Model, _NoSolution, _solver_output_to_stderr,
                        _why)
@@ -246,9 +247,9 @@ def solve_iqp(
     time_limit = _checked_time_limit(time_limit)
     check_budget(space, budget_bytes)
     if psd == "exact":
-        formulation = formulation or exact_highs.DEFAULT_FORMULATION
-        if formulation not in exact_highs.FORMULATIONS:
-            raise UsageError(f"unknown formulation {formulation!r}; choose one of: {', '.join(exact_highs.FORMULATIONS)}")
+        formulation = formulation or DEFAULT_FORMULATION
+        if formulation not in FORMULATIONS:
+            raise UsageError(f"unknown formulation {formulation!r}; choose one of: {', '.join(FORMULATIONS)}")
         return _solve_exact(G, space, budget_bytes, solver, time_limit, heuristic_seconds, formulation)
     abs_tol = _abs_tolerance(G, space)
     if psd == "clip":
@@ -331,7 +332,7 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
         if backend.name == "highs":
             try:
                 with _solver_output_to_stderr():
-                    out = exact_highs.solve(prog, opts, deadline, REL_GAP, abs_tol, formulation=formulation)
+                    out = solve_exact_highs(prog, opts, deadline, REL_GAP, abs_tol, formulation=formulation)
             except Exception as exc:  # highspy failing is reported, and auto goes on
                 if explicit:
                     raise SolverError(f"highs failed ({exc}); try another solver: scip, gurobi") from exc
@@ -345,7 +346,7 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
             return result(opts, None, None, False, "time_limit", backend.name,
                           f"{why}; {inc_note}; the time limit was spent before {backend.name} could start; the incumbent is the answer")
         lam = shift_lambda(G) if backend.name == "gurobi" else 0.0
-        model_of = _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, exact_highs.FORMULATIONS[formulation][0])
+        model_of = _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, FORMULATIONS[formulation][0])
         try:
             r = _solve(space, budget_bytes, backend.name, remaining, model_of, lambda x: float(x @ G @ x),
                        gaps=(0.0, max(abs_tol, REL_GAP * abs(inc_value))), order=EXACT_AUTO_ORDER,

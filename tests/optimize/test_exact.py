@@ -228,12 +228,12 @@ def test_auto_falls_back_past_a_refusing_solver_for_exact(monkeypatch):
     """auto goes on to the next solver when one fails, and says so."""
     if "HIGHS" not in INSTALLED or "SCIP" not in INSTALLED:
         pytest.skip("needs highs and scip")
-    from clado_cli.optimize import exact
+    from clado_cli.optimize import solvers
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(exact, "solve", broken)
+    monkeypatch.setattr(solvers, "solve_exact_highs", broken)
     space, G = clado_like(2, 5)
     result = solve_iqp(G, space, budget_at(space, 0.3), psd="exact", time_limit=20)
     assert result.solver == "scip" and result.optimal

@@ -3,14 +3,11 @@ decided layer's widths), computed on demand by the shared interpreter and freed 
 later step reads them."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch.fx as fx
 
 from .interpreter import tensor_bytes
-
-if TYPE_CHECKING:
-    from .fast import FastRunner
 
 
 def rep(v, k: int):
@@ -23,7 +20,7 @@ class Env:
     P·N rows; only the nodes of D(l), everything else read from the trunk).
     `keep`/`keep_anc`: the values later steps read, and the nodes that compute them."""
 
-    def __init__(self, runner: "FastRunner", x, trunk: Optional["Env"] = None, l: Optional[int] = None,
+    def __init__(self, runner, x, trunk: Optional["Env"] = None, l: Optional[int] = None,
                  bits: Sequence[int] = ()):
         self.r, self.x, self.trunk, self.l, self.bits = runner, x, trunk, l, tuple(bits)
         self.P = 1 if trunk is None else len(self.bits)
