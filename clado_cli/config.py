@@ -35,9 +35,6 @@ class ModelConfig(_Section):
     num_classes: Optional[int] = Field(default=None, gt=0)
 
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-
-
 class TransformConfig(_Section):
     """How file-backed data (idx:, imagefolder:, images:) becomes model inputs. Every key left
     null comes from the model's own preprocessing when it has one (torchvision weights, timm's

@@ -86,9 +86,6 @@ class Transform:
     def output_shape(self) -> Tuple[int, int, int]:
         return (self.num_channels, int(self.input_size[0]), int(self.input_size[1]))
 
-    def changes_geometry(self, h: int, w: int, c: int) -> bool:
-        return self.resize is not None or (int(h), int(w)) != tuple(self.input_size) or c != self.num_channels
-
     def tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Batch (N, C, H, W) of pixels in [0, 1] -> model inputs."""
         from torchvision.transforms import functional as TF

@@ -4,7 +4,6 @@ original model plus these two files back into clado's fake-quant model, bit for 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -79,10 +78,3 @@ def read_weights_metadata(path) -> Dict[str, str]:
 
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
-
-
-def decision_of_weights(path) -> Dict:
-    meta = read_weights_metadata(path)
-    if "clado.decision" not in meta:
-        raise InputError(f"{path} carries no clado decision in its metadata")
-    return json.loads(meta["clado.decision"])

@@ -30,7 +30,6 @@ class Hawq(Method):
     marker = "^"
     stored = Stored("hawq", "HAWQ_DELTAL", "HAWQ-V3 traces")
     prep_flags = ("estimator",)
-    needs_grad = True
 
     def cache_params(self, cfg):
         p = cfg.prep

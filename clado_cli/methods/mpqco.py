@@ -32,7 +32,6 @@ class Mpqco(Method):
     stored = Stored("mpqco", "DELTAL", "MPQCO sensitivities")
     prep_flags = ("engine",)
     engines = ("fast", "reference")
-    needs_grad = True
 
     def work_per_batch(self, session) -> int:
         return session.cfg.data.bs

@@ -1,6 +1,6 @@
 """Per-layer compute: multiply-accumulates (MACs) of each quantizable layer at the model's real
 input shape, counted from one forward pass (docs/methods.md, "Sizes and budgets"). A layer
-called several times counts every call. BOPs of an option (l, w, a) = MACs_l · w · a."""
+called several times counts every call. BOPs follow from them: decisions.bops_report."""
 from __future__ import annotations
 
 import math
@@ -31,7 +31,3 @@ def layer_macs(model: nn.Module, example: torch.Tensor, names: Iterable[str]) ->
     run_with_hooks(model, example, {n: counter(n) for n, m in model.named_modules()
                                     if n in wanted and isinstance(m, QUANTIZABLE)})
     return macs
-
-
-def bops(macs: int, w_bits: int, a_bits: int) -> int:
-    return int(macs) * int(w_bits) * int(a_bits)
