@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
 from .batchrange import check_batch_range
-from .decisions import SCHEMA_ID, sizes_triple
+from .decisions import SCHEMA_ID, bops_report, sizes_triple
 from .errors import InputError, UsageError
 from .methods import Sensitivities, SolveOptions, combine_checked, get_method, load_sensitivities, space_of
 from .optimize import Budget, check_budget, parse_budget_list, resolve_budget, resolve_budget_spec, solver_threads
@@ -20,29 +20,17 @@ def fixed_bytes_of(manifest: Dict[str, Any]) -> float:
     return sum(k * bits / 8 for _, k in manifest["layers"]["fixed"])
 
 
-def costs_of(cache: Cache, bits_by_layer: Dict[str, int]) -> Dict[str, Any]:
-    """Every cost of a decision beside its size: MACs and BOPs (MACs · weight bits · activation
-    bits; docs/methods.md, "Sizes and budgets") of the decided and the fixed layers, when the
-    cache holds the layers' MAC counts (measured by prep)."""
-    macs = cache.load_layer_costs()
-    if macs is None:
-        return {"bops": None, "macs": None}
-    m = cache.manifest
-    a = m["quant"]["activation_bits"]
-    fw, fa = m["layers"]["fixed_weight_bits"], m["layers"]["fixed_activation_bits"]
-    fixed = [n for n, _ in m["layers"]["fixed"]]
-    decided_bops = sum(macs[n] * b * a for n, b in bits_by_layer.items())
-    fixed_bops = sum(macs[n] * fw * fa for n in fixed)
-    return {"macs": {"decided": sum(macs[n] for n in bits_by_layer), "fixed": sum(macs[n] for n in fixed)},
-            "bops": {"decided": decided_bops, "fixed": fixed_bops, "total": decided_bops + fixed_bops}}
-
-
 def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predicted: float,
-                  psd: Optional[str], config: Dict[str, Any]) -> Dict[str, Any]:
+                  psd: Optional[str], config: Dict[str, Any],
+                  macs: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    """The decision record. `macs`: the layers' MAC counts (the cache's layer_costs.json), for
+    the MACs and BOPs in `costs`; None when prep has not measured them."""
     m = cache.manifest
     method = get_method(sens.method)
     a_bits = m["quant"]["activation_bits"]
     fw, fa = m["layers"]["fixed_weight_bits"], m["layers"]["fixed_activation_bits"]
+    bits = {name: int(b) for name, b in zip(sens.space.layer_names, res.bits)}
+    fixed = [name for name, _ in m["layers"]["fixed"]]
     warnings = sens.warnings()
     if not res.optimal:
         gap = f"true gap {res.gap_percent:.3g}%" if getattr(res, "gap_percent", None) is not None else "no bound"
@@ -52,10 +40,10 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
         "method": sens.method,
         "psd": psd if method.uses_psd else None,
         "budget": budget.to_dict(),
-        "layers": {name: {"w_bits": int(b), "a_bits": a_bits} for name, b in zip(sens.space.layer_names, res.bits)},
-        "fixed_layers": {name: {"w_bits": fw, "a_bits": fa} for name, _ in m["layers"]["fixed"]},
+        "layers": {name: {"w_bits": b, "a_bits": a_bits} for name, b in bits.items()},
+        "fixed_layers": {name: {"w_bits": fw, "a_bits": fa} for name in fixed},
         "sizes": sizes_triple(sens.space.size_of(res.choice), fixed_bytes_of(m)),
-        "costs": costs_of(cache, {name: int(b) for name, b in zip(sens.space.layer_names, res.bits)}),
+        "costs": bops_report(macs, bits, a_bits, fixed, fw, fa) if macs is not None else {"bops": None, "macs": None},
         "predicted_loss_increase": predicted,
         "solver": res.to_dict(),
         "warnings": warnings,
@@ -81,6 +69,7 @@ def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd:
     opts = SolveOptions(psd=psd, solver=solver, time_limit=time_limit, threads=threads)
     out = []
     loaded: Dict[str, Any] = {}
+    macs = cache.load_layer_costs()   # read (and checked) once for every decision
     for method in chosen:
         src = method.source
         if src not in loaded:
@@ -89,7 +78,7 @@ def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd:
         for budget in budgets:
             with solver_threads(opts.threads):
                 res, predicted = method.solve(sens, budget, opts)
-            d = make_decision(cache, sens, budget, res, predicted, psd, config or {})
+            d = make_decision(cache, sens, budget, res, predicted, psd, config or {}, macs)
             out.append(d)
             if on_result:
                 on_result(d)

@@ -20,6 +20,16 @@ def sizes_triple(decided_bytes: float, fixed_bytes: float) -> Dict[str, float]:
             "total_bytes": float(decided_bytes) + float(fixed_bytes)}
 
 
+def bops_report(macs: Mapping[str, int], bits_by_layer: Mapping[str, int], a_bits: int,
+                fixed: Sequence[str], fixed_w_bits: int, fixed_a_bits: int) -> Dict[str, Dict[str, int]]:
+    """MACs and BOPs (MACs · weight bits · activation bits) of the decided layers at their
+    widths and of the fixed layers at theirs (docs/methods.md, "Sizes and budgets")."""
+    decided = sum(macs[n] * int(b) * a_bits for n, b in bits_by_layer.items())
+    fixed_bops = sum(macs[n] * fixed_w_bits * fixed_a_bits for n in fixed)
+    return {"macs": {"decided": sum(macs[n] for n in bits_by_layer), "fixed": sum(macs[n] for n in fixed)},
+            "bops": {"decided": decided, "fixed": fixed_bops, "total": decided + fixed_bops}}
+
+
 def schema() -> Dict[str, Any]:
     """The decision JSON Schema, with `method` restricted to the registered methods."""
     from .methods import method_names

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .console import warn
-from .decisions import sizes_triple
+from .decisions import bops_report, sizes_triple
 from .errors import InputError
 
 
@@ -86,12 +86,9 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
 def bops_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, int]:
     """BOPs of the model as evaluated: decided layers at their widths, fixed at theirs, every
     input activation at its width (MACs per sample at the data's input shape)."""
-    macs, cfg = session.layer_macs, session.cfg
-    a = cfg.quant.activation_bits
-    decided = sum(macs[l.name] * bits_by_layer[l.name] * a for l in session.plan.decided)
-    fixed = sum(macs[l.name] * cfg.layers.fixed_weight_bits * cfg.layers.fixed_activation_bits
-                for l in session.plan.fixed)
-    return {"decided": decided, "fixed": fixed, "total": decided + fixed}
+    cfg = session.cfg
+    return bops_report(session.layer_macs, bits_by_layer, cfg.quant.activation_bits, session.plan.fixed_names,
+                       cfg.layers.fixed_weight_bits, cfg.layers.fixed_activation_bits)["bops"]
 
 
 def decision_label(decision: Dict[str, Any]) -> str:
@@ -113,15 +110,9 @@ def _bits_key(bits: Dict[str, int]):
     return tuple(sorted(bits.items()))
 
 
-def _memo(session) -> Dict[Any, Dict[str, Any]]:
-    """Metrics already measured in this session, by model state: the same bits give the same
-    numbers (evaluation is deterministic), so identical decisions are evaluated once."""
-    return session.__dict__.setdefault("_eval_memo", {})
-
-
 def _evaluate_bits(session, bits: Dict[str, int]) -> Dict[str, Any]:
     key = ("decision", session.cfg.data.eval_size, _bits_key(bits))
-    memo = _memo(session)
+    memo = session.eval_memo   # the same bits give the same numbers: evaluation is deterministic
     if key in memo:
         return {**memo[key], "reused": True}
     session.qmodel.set_decision(bits)
@@ -140,7 +131,7 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
     bits = {n: int(s["w_bits"]) for n, s in decision["layers"].items()}
     metrics = _evaluate_bits(session, bits)
     warnings = list(decision.get("warnings", []))
-    fl = session.__dict__.get("_float_metrics")
+    fl = session.float_metrics
     checked = session.data.labeled and not str(session.data.spec).startswith("synthetic")
     if fl is not None and checked and metrics["top1"] > fl["top1"] + _noise(fl["top1"], fl["samples"]):
         w = (f"{decision['method']} @ {decision['budget']['given']}: top-1 {100 * metrics['top1']:.2f}% beats the "
@@ -160,18 +151,13 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
                            "source": where}}
 
 
-def evaluate_decisions(session, docs: Iterable[Tuple[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """Rows for (where, decision) pairs in order; identical decisions are evaluated once."""
-    return [evaluate_decision(session, d, where) for where, d in docs]
-
-
 def evaluate_uniform(session, widths: Iterable[int], include_float: bool = True) -> List[Dict[str, Any]]:
     qm = session.qmodel
     rows = []
     if include_float:
         qm.reset()
         m = evaluate_current(session)
-        session.__dict__["_float_metrics"] = dict(m)
+        session.float_metrics = dict(m)
         rows.append({"kind": "float", "label": "float", **m,
                      "sizes": sizes_triple(sum(l.numel * 4 for l in session.plan.decided),
                                            sum(l.numel * 4 for l in session.plan.fixed))})

@@ -51,6 +51,10 @@ class Session:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = device if device is not None else resolve_device(cfg.device)
+        # evaluation results of this session, by model state (evaluate.py: identical decisions
+        # are evaluated once), and the float model's row (the sanity checks compare with it)
+        self.eval_memo: Dict[Any, Dict[str, Any]] = {}
+        self.float_metrics: Optional[Dict[str, Any]] = None
 
     @cached_property
     def model_preprocessing(self):
