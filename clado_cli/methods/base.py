@@ -112,9 +112,10 @@ class Method:
         """Units of work per batch, for the inner progress bar."""
         raise NotImplementedError
 
-    def engine_used(self, cfg) -> Optional[str]:
-        """The engine this prep will run (None for a method with one)."""
-        return cfg.prep.engine if self.engines else None
+    def engine_used(self, cfg, requested: Optional[str] = None) -> Optional[str]:
+        """The engine this prep will run: the one requested, else the config's (None for a
+        method with one engine)."""
+        return (requested or cfg.prep.engine) if self.engines else None
 
     def runner(self, session, engine: Optional[str]) -> Tuple[Any, Optional[str], Optional[str]]:
         """What every batch of one prep run reuses, built once: (state, engine, why the engine

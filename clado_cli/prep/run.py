@@ -16,7 +16,7 @@ method's per-run state such as the CLADO fast runner, built once) and its batch 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -80,9 +80,7 @@ class PrepRun:
         self.session = session
         self.method = prep_method(method)
         self.sb, self.eb, self.force = sb, eb, force
-        self.engine = engine or self.method.engine_used(session.cfg)
-        if not self.method.engines:
-            self.engine = None
+        self.engine = self.method.engine_used(session.cfg, engine)
         session.check_batch_range(sb, eb)
         ks = list(range(sb, eb + 1))
         if shard is not None:
