@@ -69,9 +69,8 @@ def train_vgg(path: Path, factory_file: Path) -> None:
 def run(model_overrides: dict, label: str, budgets, psds, cache_dir: Path, out_dir: Path) -> dict:
     from clado_cli.config import load_config
     from clado_cli.decide import decide
-    from clado_cli.decisions import sizes_triple  # noqa: F401  (documents where sizes come from)
     from clado_cli.evaluate import evaluate_decision, evaluate_uniform
-    from clado_cli.measure import measure_decision
+    from clado_cli.measure import measure_decisions
     from clado_cli.optimize import resolve_budget_spec
     from clado_cli.prep import run_prep
     from clado_cli.session import Session
@@ -89,8 +88,8 @@ def run(model_overrides: dict, label: str, budgets, psds, cache_dir: Path, out_d
     for psd in psds:
         decisions += decide(s.cache, ["clado"], resolved, psd=psd, ks=ks)
     decisions += decide(s.cache, ["naive", "mpqco", "hawq"], resolved, ks=ks)
-    for d in decisions:
-        d["measured"] = measure_decision(s, d)
+    for d, measured in zip(decisions, measure_decisions(s, decisions)):
+        d["measured"] = measured
         rows.append(evaluate_decision(s, d))
     comparisons = paired_comparisons(rows)
     return {"model": label, "rows": rows, "comparisons": comparisons}

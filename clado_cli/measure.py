@@ -21,13 +21,16 @@ COMPARABLE = 1e-3
 
 
 @torch.no_grad()
-def loss_increase(session, bits_by_layer: Mapping[str, int], ks: Sequence[int]) -> Dict[str, Any]:
-    """Sample-weighted mean of L(decision) − L(float) over the batches ks."""
+def loss_increases(session, decisions_bits: Sequence[Mapping[str, int]], ks: Sequence[int]) -> List[Dict[str, Any]]:
+    """For each decision (bits by decided layer): the sample-weighted mean of L(decision) −
+    L(float) over the batches ks. Each batch is loaded, and its float loss computed, once for
+    all the decisions."""
     from .prep.losses import make_loss
 
     qm = session.qmodel
     kind = session.cfg.prep.loss
-    total, n = 0.0, 0
+    totals = [0.0] * len(decisions_bits)
+    n = 0
     try:
         for k in ks:
             x, y = session.sensitivity_batch(k)
@@ -35,12 +38,13 @@ def loss_increase(session, bits_by_layer: Mapping[str, int], ks: Sequence[int]) 
             float_logits = qm(x)
             loss = make_loss(kind, y, float_logits)
             l0 = float(loss(float_logits))
-            qm.apply(bits_by_layer.items())
-            total += (float(loss(qm(x))) - l0) * len(y)
+            for i, bits in enumerate(decisions_bits):
+                qm.apply(bits.items())
+                totals[i] += (float(loss(qm(x))) - l0) * len(y)
             n += len(y)
     finally:
         qm.reset()
-    return {"loss_increase": total / n if n else None, "batches": list(ks), "samples": n}
+    return [{"loss_increase": t / n if n else None, "batches": list(ks), "samples": n} for t in totals]
 
 
 def held_out_batches(session, ks: Sequence[int], count: Optional[int] = None) -> List[int]:
@@ -53,15 +57,15 @@ def held_out_batches(session, ks: Sequence[int], count: Optional[int] = None) ->
     return list(range(start, min(start + count, available)))
 
 
-def saturated_singles(session, decision: Mapping[str, Any]) -> Optional[str]:
+def saturated_singles(session, method_name: str, ks: Sequence[int]) -> Optional[str]:
     """For methods on CLADO's cache: a warning when single-option loss increases exceed ln(C),
     the loss of guessing uniformly among C classes: the quadratic model is then out of its range."""
     from .methods import get_method, load_sensitivities
 
-    method = get_method(decision["method"])
+    method = get_method(method_name)
     if method.source != "clado" or not session.data.num_classes:
         return None
-    sens = load_sensitivities(session.cache, method, decision["cache"]["batches"])
+    sens = load_sensitivities(session.cache, method, ks)
     limit = math.log(session.data.num_classes)
     over = int((sens.singles > limit).sum())
     if not over:
@@ -71,16 +75,41 @@ def saturated_singles(session, decision: Mapping[str, Any]) -> Optional[str]:
             f"pairwise terms are no longer small corrections and the prediction may be far off")
 
 
-def measure_decision(session, decision: Mapping[str, Any], held_out: Optional[int] = None) -> Dict[str, Any]:
-    """The decision's measured loss increase on its sensitivity batches and on held-out batches,
-    its prediction beside them, their ratio, and warnings with the numbers."""
+def measure_decisions(session, decisions: Sequence[Mapping[str, Any]],
+                      held_out: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Each decision's measured loss increase on its sensitivity batches and on held-out
+    batches, its prediction beside them, their ratio, and warnings with the numbers. Decisions
+    on the same batches share every batch's float pass, and each cache's singles are read once."""
     from .methods import get_method
 
-    bits = {name: int(s["w_bits"]) for name, s in decision["layers"].items()}
-    ks = list(decision["cache"]["batches"])
-    on_sens = loss_increase(session, bits, ks)
-    val_ks = held_out_batches(session, ks, held_out)
-    on_val = loss_increase(session, bits, val_ks) if val_ks else None
+    out: List[Optional[Dict[str, Any]]] = [None] * len(decisions)
+    groups: Dict[tuple, List[int]] = {}
+    for i, d in enumerate(decisions):
+        groups.setdefault(tuple(d["cache"]["batches"]), []).append(i)
+    for ks, members in groups.items():
+        bits = [{name: int(s["w_bits"]) for name, s in decisions[i]["layers"].items()} for i in members]
+        on_sens = loss_increases(session, bits, ks)
+        val_ks = held_out_batches(session, ks, held_out)
+        on_val = loss_increases(session, bits, val_ks) if val_ks else [None] * len(members)
+        saturation: Dict[str, Optional[str]] = {}
+        for j, i in enumerate(members):
+            d = decisions[i]
+            source = get_method(d["method"]).source
+            if source not in saturation:
+                saturation[source] = saturated_singles(session, d["method"], ks)
+            out[i] = _judged(d, on_sens[j], on_val[j], saturation[source])
+    return out
+
+
+def measure_decision(session, decision: Mapping[str, Any], held_out: Optional[int] = None) -> Dict[str, Any]:
+    """`measure_decisions` for one decision."""
+    return measure_decisions(session, [decision], held_out)[0]
+
+
+def _judged(decision: Mapping[str, Any], on_sens: Dict[str, Any], on_val: Optional[Dict[str, Any]],
+            saturation: Optional[str]) -> Dict[str, Any]:
+    from .methods import get_method
+
     predicted = float(decision["predicted_loss_increase"])
     loss_units = get_method(decision["method"]).source == "clado"   # clado, naive: in nats of loss
     measured = on_sens["loss_increase"]
@@ -93,8 +122,7 @@ def measure_decision(session, decision: Mapping[str, Any], held_out: Optional[in
             max(abs(predicted), abs(measured)) >= COMPARABLE:
         warnings.append(f"predicted loss increase {predicted:.4g} vs measured {measured:.4g} on the sensitivity "
                         f"set (ratio {ratio:.3g}, outside {1 / OFF_FACTOR:g}..{OFF_FACTOR:g})")
-    sat = saturated_singles(session, decision)
-    if sat:
-        warnings.append(sat)
+    if saturation:
+        warnings.append(saturation)
     return {"predicted": predicted, "predicted_in_loss_units": loss_units, "sensitivity": on_sens,
             "held_out": on_val, "ratio": ratio, "warnings": warnings}

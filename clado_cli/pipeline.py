@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .console import log, warn
 from .errors import EnvironmentProblem, UsageError
-from .optimize import OptionSpace, check_budget, resolve_budget_spec
+from .optimize import check_budget, resolve_budget_spec
 
 
 def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None,
@@ -19,9 +19,9 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     from .decisions import decision_file_name, write_decisions
     from .evaluate import evaluate_decision, evaluate_uniform
     from .jsonio import write_json
-    from .measure import measure_decision
+    from .measure import measure_decisions
     from .stats import paired_comparisons
-    from .methods import get_method
+    from .methods import get_method, space_of
     from .plots import pareto_plot
     from .prep import run_prep
 
@@ -38,8 +38,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
         raise UsageError("no budgets: set optimize.budgets in the config or pass budgets", params=("budgets",))
     numel = sum(l.numel for l in session.plan.decided)
     resolved = [resolve_budget_spec(b, numel) for b in budget_specs]
-    space = OptionSpace(layer_names=session.plan.decided_names, candidates=list(cfg.quant.weight_candidates),
-                        numel=[l.numel for l in session.plan.decided])
+    space = space_of(session.manifest)
     for b in resolved:
         check_budget(space, b.bytes)  # an infeasible budget fails before any prep
     preps = {}
@@ -50,14 +49,13 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     log(f"optimize {', '.join(methods)} for {len(resolved)} budget(s)")
     decisions = decide(session.cache, methods, resolved, cfg.optimize.psd, cfg.optimize.solver,
                        cfg.optimize.time_limit, ks=ks, config=cfg.to_dict(), threads=cfg.threads)
-    out_dir = Path(out_dir)
     rows: List[Dict[str, Any]] = []
     log("evaluate float and uniform baselines")
     rows += evaluate_uniform(session, uniform if uniform is not None else cfg.quant.weight_candidates)
     log("measure each decision's loss increase (sensitivity and held-out batches)")
-    for d in decisions:
-        d["measured"] = measure_decision(session, d)
-        d["warnings"] += d["measured"]["warnings"]
+    for d, measured in zip(decisions, measure_decisions(session, decisions)):
+        d["measured"] = measured
+        d["warnings"] += measured["warnings"]
     write_decisions(out_dir / "decisions", decisions, session.fingerprint)
     for d in decisions:
         rows.append(evaluate_decision(session, d, where=decision_file_name(d)))

@@ -29,6 +29,11 @@ def test_two_decided_layers_make_the_pairwise_model_exact(small_cfg):
         assert m["held_out"]["batches"] == [2] and math.isfinite(m["held_out"]["loss_increase"])
         if abs(m["sensitivity"]["loss_increase"]) >= 1e-3:
             assert m["ratio"] == pytest.approx(1.0, rel=1e-6)
+    # several decisions measured together (one float pass per batch) give each one's numbers
+    from clado_cli.measure import measure_decisions
+
+    together = measure_decisions(s, ds, held_out=1)
+    assert together == [measure_decision(s, d, held_out=1) for d in ds]
     # the all-2-bit decision costs more than the all-8-bit one, on both splits
     lo, hi = measure_decision(s, ds[0], 1), measure_decision(s, ds[2], 1)
     assert lo["sensitivity"]["loss_increase"] > hi["sensitivity"]["loss_increase"]
