@@ -21,14 +21,13 @@ class CladoError(Exception):
         super().__init__(" ".join(str(message).split()))
         self.params = tuple(params)
 
-    def for_flags(self, flags: dict) -> str:
-        """The message with each named parameter written as its flag."""
+    def for_flags(self, flag_of) -> str:
+        """The message with each named parameter written as its flag (`flag_of(name)`)."""
         import re
 
         text = str(self)
         for p in self.params:
-            if p in flags:
-                text = re.sub(rf"(?<![\w.-]){re.escape(p)}(?![\w-])", flags[p], text)
+            text = re.sub(rf"(?<![\w.-]){re.escape(p)}(?![\w-])", flag_of(p), text)
         return text
 
 

@@ -56,7 +56,7 @@ def boundary(fn):
         except typer.Exit:
             raise
         except CladoError as exc:
-            error_line(exc.for_flags(PARAM_FLAGS))
+            error_line(exc.for_flags(flag_of))
             raise typer.Exit(exc.exit_code)
         except KeyboardInterrupt:
             error_line("interrupted")
@@ -86,14 +86,13 @@ def _unexpected(exc: BaseException):
     raise typer.Exit(1)
 
 
-# the flag behind each keyword of `load` where it is not simply --keyword-with-dashes
-FLAG_NAMES = {"model": "--model", "weights": "--weights", "data": "--data", "hawq_estimator": "--estimator"}
+# the flag behind a keyword of `load` or a library parameter named in an error message
+# (CladoError.params) where it is not simply --name-with-dashes
+FLAG_NAMES = {"hawq_estimator": "--estimator"}
 
-# library parameters named in error messages (CladoError.params) -> the flag that sets them
-PARAM_FLAGS = {"sb": "--sb", "eb": "--eb", "bits": "--bits", "uniform": "--uniform", "device": "--device",
-               "budgets": "--budgets", "shard": "--shard", "method": "--method", "methods": "--methods",
-               "time_limit": "--time-limit", "size_budget": "--size-budget", "avg_bits": "--avg-bits",
-               "output": "--output", "cache": "--cache", "model": "--model"}
+
+def flag_of(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
 def load(config: Optional[Path], quiet: bool = False, **flags: Any):
@@ -117,7 +116,7 @@ def load(config: Optional[Path], quiet: bool = False, **flags: Any):
         if key not in mapping:
             raise KeyError(key)
         overrides[mapping[key]] = value
-        names[mapping[key]] = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+        names[mapping[key]] = flag_of(key)
     return load_config(config, overrides, flags=names)
 
 
