@@ -246,20 +246,21 @@ class Cache:
         (means, samples, batches); docs/methods.md, "Combining batches". `check(arrays, path)`
         sees each batch as read. `se`: also the standard error of each mean across the batches
         (None with one batch), from the same single read: docs/methods.md, "Noise"."""
-        if isinstance(ks, range) and len(ks) > len(self.batches(kind)):
+        cached = self.batches(kind)
+        if isinstance(ks, range) and len(ks) > len(cached):
             # a range longer than what is cached (even --eb 10**12) is refused without listing it
-            cached = self.batches(kind)
-            missing = ranges([k for k in ks if k not in set(cached)]) if len(ks) <= 100_000 else \
+            missing = ranges(sorted(set(ks) - set(cached))) if len(ks) <= 100_000 else \
                 f"{ks.start}..{ks.stop - 1}"
             raise CacheError(f"batches {missing} of the {kind.label} are not cached in {self.fingerprint} "
                              f"(cached: {ranges(cached) or 'none'})")
-        ks = sorted(set(ks)) if ks is not None else self.batches(kind)
+        ks = sorted(set(ks)) if ks is not None else cached
         if not ks:
             raise CacheError(f"no {kind.label} are cached in {self.root} (run clado prep {kind.name})")
-        missing = [k for k in ks if not self.has_batch(kind, k)]
+        have = set(cached)
+        missing = [k for k in ks if k not in have]
         if missing:
             raise CacheError(f"batches {ranges(missing)} of the {kind.label} are not cached in {self.fingerprint} "
-                             f"(cached: {ranges(self.batches(kind)) or 'none'})")
+                             f"(cached: {ranges(cached) or 'none'})")
         total: Dict[str, np.ndarray] = {}
         kept: List[Dict[str, np.ndarray]] = []   # per-batch values, for the standard errors
         counts: List[int] = []
