@@ -151,9 +151,9 @@ class Method:
         """Method-specific entries of the prep summary."""
         return {}
 
-    def after_prep(self, combined: Dict[str, np.ndarray]) -> Dict[str, Any]:
-        """Checks on the combined numbers of a prep run: {"negative_singles": n or None, "warning": text}."""
-        return {"negative_singles": None}
+    # Checks on the combined numbers of a prep run, `after_prep(combined) -> {"negative_singles":
+    # n or None}`, for a method that has them (CLADO); None: the run does not read its batches back
+    after_prep: ClassVar[Optional[Callable[..., Dict[str, Any]]]] = None
 
     def expected_arrays(self, space: OptionSpace) -> Dict[str, Tuple[int, ...]]:
         """Name -> shape of every array a cached batch must hold."""

@@ -206,7 +206,7 @@ class PrepRun:
 
     def _summary(self, ks, computed, skipped, seconds, check: bool = True) -> PrepSummary:
         after = {"negative_singles": None}
-        if check and (computed or skipped):
+        if check and (computed or skipped) and self.method.after_prep is not None:
             vals = combine_checked(self.cache, self.method, ks)[0]
             after = self.method.after_prep(vals)
         extra = self.method.summary_extra(self.runner)
