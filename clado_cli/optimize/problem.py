@@ -1,12 +1,15 @@
 """The option space and the matrices the programs minimize (docs/methods.md, "CLADO" and "Sizes and budgets").
 
-An option `i = l*B + k` is decided layer `l` at candidate width `candidates[k]` (ascending).
+An option `i = l*B + k` is decided layer `l` at candidate `k`: weight width `candidates[k]` and,
+when the space has activation widths, input-activation width `act_bits[k]` (the pairs are
+distinct and sorted by (weight, activation) bits). Without `act_bits` the candidates are distinct
+ascending weight widths and every layer keeps the model's one activation width.
 A choice is one candidate index per layer; its one-hot vector `x` has `L` ones.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +21,7 @@ class OptionSpace:
     layer_names: List[str]
     candidates: List[int]
     numel: List[int]
+    act_bits: Optional[List[int]] = None
 
     def __post_init__(self):
         self.layer_names = list(self.layer_names)
@@ -27,10 +31,28 @@ class OptionSpace:
             raise InputError("no decided layers: the option space is empty")
         if len(self.numel) != len(self.layer_names):
             raise InputError(f"{len(self.layer_names)} decided layers but {len(self.numel)} weight counts")
-        if not self.candidates or any(b <= 0 for b in self.candidates) or self.candidates != sorted(set(self.candidates)):
-            raise InputError(f"candidate bit widths {self.candidates} must be positive, distinct and ascending")
+        if self.act_bits is None:
+            if not self.candidates or any(b <= 0 for b in self.candidates) or self.candidates != sorted(set(self.candidates)):
+                raise InputError(f"candidate bit widths {self.candidates} must be positive, distinct and ascending")
+        else:
+            self.act_bits = [int(a) for a in self.act_bits]
+            pairs = list(zip(self.candidates, self.act_bits))
+            if (not pairs or len(self.act_bits) != len(self.candidates) or any(w <= 0 or a <= 0 for w, a in pairs)
+                    or pairs != sorted(set(pairs))):
+                raise InputError(f"options (weight, activation bits) {pairs} must be positive, distinct and sorted")
         if any(n <= 0 for n in self.numel):
             raise InputError(f"every decided layer needs at least one weight; got weight counts {self.numel}")
+
+    @property
+    def pairs(self) -> List[Tuple[int, Optional[int]]]:
+        """(weight bits, activation bits or None) of every candidate."""
+        acts = self.act_bits if self.act_bits is not None else [None] * len(self.candidates)
+        return list(zip(self.candidates, acts))
+
+    def label(self, k: int) -> str:
+        """How candidate k is written: `4` (weight bits), or `w4a8` with activation widths."""
+        w, a = self.pairs[k]
+        return f"{w}" if a is None else f"w{w}a{a}"
 
     @property
     def n_layers(self) -> int:
@@ -56,11 +78,11 @@ class OptionSpace:
 
     def min_bytes(self) -> float:
         """Decided bytes with every layer at the narrowest candidate."""
-        return sum(self.numel) * self.candidates[0] / 8.0
+        return sum(self.numel) * min(self.candidates) / 8.0
 
     def max_bytes(self) -> float:
         """Decided bytes with every layer at the widest candidate."""
-        return sum(self.numel) * self.candidates[-1] / 8.0
+        return sum(self.numel) * max(self.candidates) / 8.0
 
     def _checked(self, choice: Sequence[int]) -> List[int]:
         choice = [int(k) for k in choice]
@@ -160,5 +182,5 @@ def check_budget(space: OptionSpace, budget_bytes: int) -> None:
     if budget_bytes < low:
         raise UsageError(
             f"size budget {budget_bytes} bytes is below the smallest possible decided size {_bytes_text(low)} bytes "
-            f"(all layers at {space.candidates[0]} bits); feasible range: {_bytes_text(low)}..{_bytes_text(high)} bytes"
+            f"(all layers at {min(space.candidates)} bits); feasible range: {_bytes_text(low)}..{_bytes_text(high)} bytes"
         )
