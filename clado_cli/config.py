@@ -186,9 +186,9 @@ class LayersConfig(_Section):
     def _tie(cls, v: List[List[str]]) -> List[List[str]]:
         for i, group in enumerate(v):
             if not group:
-                raise ValueError(f"group {i} is empty: give one or more layer-name globs")
+                raise ValueError(f"[{i}] is empty: give one or more layer-name globs")
             if any(not g.strip() for g in group):
-                raise ValueError(f"group {i} holds an empty glob")
+                raise ValueError(f"[{i}] holds an empty glob")
         return v
 
     @field_validator("widths")
