@@ -130,3 +130,8 @@ def tie_of(ties: Sequence[Sequence[int]], size: int) -> List[Optional[int]]:
         for m in members:
             out[m] = g
     return out
+
+
+def allowed_mask(allowed: Sequence[Sequence[int]], candidates: Sequence[int]) -> List[List[bool]]:
+    """Per decided layer and candidate (in `candidates`' order): whether the program may take it."""
+    return [[int(b) in set(a) for b in candidates] for a in allowed]

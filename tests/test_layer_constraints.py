@@ -3,7 +3,7 @@ import pytest
 
 from clado_cli.config import load_config
 from clado_cli.errors import ConfigError, UsageError
-from clado_cli.layer_constraints import resolve_ties, resolve_widths, tie_of, tie_widths
+from clado_cli.layer_constraints import allowed_mask, resolve_ties, resolve_widths, tie_of, tie_widths
 
 NAMES = ["a.conv1", "a.conv2", "a.down", "b.conv1", "b.conv2", "c.fc"]
 
@@ -33,6 +33,8 @@ def test_widths_last_matching_entry_wins():
     assert resolve_widths(NAMES, [8, 2, 4], {}) == [[2, 4, 8]] * 6
     got = resolve_widths(NAMES, [2, 4, 8], {"*": [4, 8], "a.*": [2, 4], "a.down": [8]})
     assert got == [[2, 4], [2, 4], [8], [4, 8], [4, 8], [4, 8]]
+    assert allowed_mask(got[:3], [2, 4, 8]) == [[True, True, False], [True, True, False], [False, False, True]]
+    assert allowed_mask([[8, 2]], [8, 4, 2]) == [[True, False, True]]
     # the order of the entries decides, not how specific a glob is
     assert resolve_widths(NAMES, [2, 4, 8], {"a.down": [8], "a.*": [2]})[2] == [2]
 
