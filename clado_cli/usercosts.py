@@ -3,8 +3,9 @@ beside the built-in ones (`size`, `bops`), e.g. a latency measured on the target
 
 The file is CSV (UTF-8) with a header naming the columns `layer`, `w_bits`, `value` in any order,
 and optionally `a_bits`; no other column. One row per (layer, w_bits) — per (layer, w_bits,
-a_bits) with an `a_bits` column, kept for activation widths (a later feature): today every
-decided layer runs at one activation width, and the table's rows at that width are used.
+a_bits) with an `a_bits` column, for activation widths: a candidate is then a (w_bits, a_bits)
+pair, and the row of that pair is used (today every decided layer runs at one activation
+width: the rows at that width). A table without `a_bits` holds for every activation width.
 
     layer,w_bits,value
     layer1.0.conv1,2,0.12
@@ -25,7 +26,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -46,9 +47,10 @@ class CostTable:
     """One cost table, read and checked.
 
     `values`: float64 array [decided layers x candidates] in the caller's orders: the cost of
-    layer l at candidates[k] (at activation width `a_bits` when the file has an a_bits column);
+    layer l at candidate k (read_cost_table: which rows that is with an a_bits column);
     `rows`: every row of the file, keyed (layer, w_bits, a_bits) with a_bits None when the file
-    has no a_bits column; `has_a_bits`: whether it has one."""
+    has no a_bits column; `has_a_bits`: whether it has one; `a_bits`: the one activation width
+    whose rows `values` holds (None without the column, or when the candidates differ in it)."""
 
     name: str
     path: str
@@ -195,36 +197,47 @@ def read_rows(path: str | Path, name: str) -> Tuple[Dict[Key, float], Dict[Key, 
 
 
 def read_cost_table(path: str | Path, name: str, decided_names: Sequence[str], candidates: Sequence[int],
-                    a_bits: Optional[int] = None, fixed_names: Sequence[str] = ()) -> CostTable:
+                    a_bits: Union[None, int, Sequence[int]] = None, fixed_names: Sequence[str] = ()) -> CostTable:
     """The cost table `name` at `path` for a set-up's decided layers (in order) and candidate
-    widths (in order): `.values[l, k]` is layer l's cost at candidates[k].
+    widths (in order): `.values[l, k]` is layer l's cost at candidate k.
 
-    `a_bits`: the activation width whose rows are used when the file has an a_bits column
-    (None: each (layer, w_bits) must then have one row, whatever its a_bits); ignored without
-    the column. `fixed_names`: layers the file may also name (kept in `.rows` only)."""
+    `a_bits`: the activation width of the candidates, one int for all of them or one per
+    candidate (an option space whose candidates are (weight, activation) pairs: `candidates`
+    then holds their weight widths, repeated as needed). With an a_bits column, candidate k
+    uses the row (layer, candidates[k], its a_bits); with None, each (layer, w_bits) must have
+    one row, whatever its a_bits. Without the column the rows hold for every activation width.
+    `fixed_names`: layers the file may also name (kept in `.rows` only)."""
     check_cost_name(name)
     rows, _, has_a = read_rows(path, name)
     where = f"cost table {name} ({Path(path)})"
-    decided = {n: i for i, n in enumerate(decided_names)}
-    known = set(decided) | set(fixed_names)
+    decided = set(decided_names)
+    known = decided | set(fixed_names)
     unknown = sorted({k[0] for k in rows if k[0] not in known})
     if unknown:
         raise InputError(f"{where}: {len(unknown)} unknown layer{'s' * (len(unknown) > 1)} "
                          f"{_some(unknown)} (not a decided or fixed layer; `clado layers` lists them)")
-    col = {int(b): k for k, b in enumerate(candidates)}
-    values = np.full((len(decided), len(col)), np.nan)
+    acts: List[Optional[int]] = (list(a_bits) if isinstance(a_bits, (list, tuple)) else [a_bits] * len(candidates))
+    if len(acts) != len(candidates):
+        raise ValueError(f"{len(candidates)} candidates but {len(acts)} activation widths")
+    by_width: Dict[Tuple[str, int], Dict[Optional[int], float]] = {}
     for (layer, w, a), v in rows.items():
-        if layer not in decided or w not in col:
-            continue
-        if has_a and a_bits is not None and a != a_bits:
-            continue
-        if not np.isnan(values[decided[layer], col[w]]):
-            raise InputError(f"{where}: {layer} at w_bits {w} has rows for several a_bits; the program "
-                             f"needs one (activation width not given)")
-        values[decided[layer], col[w]] = v
-    missing = [f"{decided_names[l]}@{int(candidates[k])}" for l, k in zip(*np.nonzero(np.isnan(values)))]
+        by_width.setdefault((layer, w), {})[a] = v
+    values = np.full((len(decided_names), len(candidates)), np.nan)
+    missing: List[str] = []
+    for l, layer in enumerate(decided_names):
+        for k, (w, a) in enumerate(zip(candidates, acts)):
+            found = by_width.get((layer, int(w)), {})
+            if has_a and a is None and len(found) > 1:
+                raise InputError(f"{where}: {layer} at w_bits {int(w)} has rows for several a_bits; the program "
+                                 f"needs one (activation width not given)")
+            v = found.get(a) if has_a and a is not None else next(iter(found.values()), None)
+            if v is None:
+                missing.append(f"{layer}@{int(w)}" + (f"a{a}" if has_a and a is not None else ""))
+            else:
+                values[l, k] = v
     if missing:
-        at = f" at a_bits {a_bits}" if has_a and a_bits is not None else ""
-        raise InputError(f"{where}: {len(missing)} (layer, w_bits) entr{'ies' if len(missing) > 1 else 'y'}"
-                         f"{at} missing: {_some(missing)} (every decided layer needs a row per candidate width)")
-    return CostTable(name, str(path), values, rows, has_a, a_bits if has_a else None)
+        raise InputError(f"{where}: {len(missing)} (layer, w_bits{', a_bits' if has_a else ''}) "
+                         f"entr{'ies' if len(missing) > 1 else 'y'} missing: {_some(missing)} "
+                         f"(every decided layer needs a row per candidate width)")
+    single = acts[0] if has_a and len(set(acts)) == 1 else None
+    return CostTable(name, str(path), values, rows, has_a, single)

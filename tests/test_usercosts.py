@@ -48,7 +48,13 @@ def test_a_bits_column_is_kept_and_selects_rows(tmp_path):
     assert t8.has_a_bits and t8.a_bits == 8 and t8.values[0].tolist() == [1, 2, 4]
     assert t4.values[0].tolist() == [102, 104, 108]
     assert t8.rows[("l2", 4, 4)] == 104 and t8.rows[("l2", 4, 8)] == 12
-    with pytest.raises(InputError, match="missing: l1@2, l1@4, l1@8 and 6 more"):
+    # candidates that are (weight, activation) pairs: one activation width per candidate
+    tp = read_cost_table(p, "latency", NAMES, [2, 4, 4, 8], a_bits=[8, 4, 8, 4])
+    assert tp.values[0].tolist() == [1, 104, 2, 108] and tp.a_bits is None
+    # a table without a_bits holds for every activation width
+    assert read_cost_table(table(tmp_path, full(), "noa.csv"), "latency", NAMES, [2, 4, 4], a_bits=[8, 4, 8]
+                           ).values[0].tolist() == [1, 2, 2]
+    with pytest.raises(InputError, match="missing: l1@2a6, l1@4a6, l1@8a6 and 6 more"):
         read_cost_table(p, "latency", NAMES, CANDS, a_bits=6)
     with pytest.raises(InputError, match="l1 at w_bits 2 has rows for several a_bits"):
         read_cost_table(p, "latency", NAMES, CANDS)
