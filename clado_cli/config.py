@@ -231,6 +231,17 @@ class OptimizeConfig(_Section):
     time_limit: float = Field(default=120.0, gt=0)
     # budgets for `clado run`: sizes with units (4MB, 800KB) or average bits (avg:4.5)
     budgets: List[str] = Field(default_factory=list)
+    # bounds on other costs, for every decision: {bops: 1.5G, latency: 3.2, bops: rel:0.5}
+    bounds: Dict[str, str] = Field(default_factory=dict)
+    # user cost tables: name -> CSV file (layer,w_bits,value[,a_bits])
+    costs: Dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _bounds_text(cls, v):
+        if isinstance(v, dict):
+            return {k: (str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x) for k, x in v.items()}
+        return v
     # any registered method (clado_cli.methods); default: all of them
     methods: List[str] = Field(default_factory=lambda: method_names())
 

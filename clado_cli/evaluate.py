@@ -142,6 +142,8 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
     return {"kind": "decision", "method": decision["method"], "budget": decision["budget"],
             "label": decision_label(decision),
             **metrics, "sizes": sizes_for(session, bits), "bops": bops_for(session, bits),
+            "costs": {"decided": dict((decision.get("costs") or {}).get("decided") or {})},
+            "constraints": decision.get("constraints") or [],
             "predicted_loss_increase": decision.get("predicted_loss_increase"),
             "measured_loss_increase": (decision.get("measured") or {}).get("sensitivity", {}).get("loss_increase"),
             "held_out_loss_increase": ((decision.get("measured") or {}).get("held_out") or {}).get("loss_increase"),

@@ -1,11 +1,11 @@
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from ..console import log, out, warn
-from .common import (CacheDirOpt, ConfigOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
+from .common import (CacheDirOpt, ConfigOpt, CostOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, WeightsOpt,
                      boundary, load, method_list, print_json, session_for, write_json)
 from ..methods import method_names
 
@@ -18,7 +18,10 @@ def optimize(config: Optional[Path] = ConfigOpt,
                       f"sensitivities are cached)."),
              size_budget: Optional[str] = typer.Option(None, "--size-budget", help="Budget for the decided layers: 4MB, 4MiB, 800KB, bytes."),
              avg_bits: Optional[float] = typer.Option(None, "--avg-bits", help="Budget as average bits per decided weight."),
-             budgets: Optional[str] = typer.Option(None, "--budgets", help="Sweep: 2MB:6MB:0.5MB, 2MB,3MB, avg:2:8:1."),
+             budgets: Optional[str] = typer.Option(None, "--budgets", help="Sweep: 2MB:6MB:0.5MB, 2MB,3MB, avg:2:8:1, rel:0.2:0.8:0.2."),
+             bops_budget: Optional[str] = typer.Option(None, "--bops-budget", help="Bound on the decided layers' BOPs (MACs x w x a): 1.5G, rel:0.5, or a sweep 1G:3G:0.5G."),
+             budget: Optional[List[str]] = typer.Option(None, "--budget", help="Bound on any cost, NAME=VALUE (latency=3.2, bops=rel:0.5); repeatable; one cost may be a sweep."),
+             cost: Optional[List[str]] = CostOpt,
              psd: Optional[str] = typer.Option(None, "--psd", help="exact (default: x'Gx itself, proven by HiGHS where it can), clip (the release's eigenvalue clipping) or shift (exact, convex shift)."),
              solver: Optional[str] = typer.Option(None, "--solver", help="auto, gurobi, scip, highs, ..."),
              time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds per solve (default 120)."),
@@ -30,11 +33,11 @@ def optimize(config: Optional[Path] = ConfigOpt,
              model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
              device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt, cache_dir: Optional[str] = CacheDirOpt,
              as_json: bool = JsonOpt, quiet: bool = QuietOpt):
-    """Solve each method's program over the cached sensitivities for one or more size budgets.
+    """Solve each method's program over the cached sensitivities under size, BOPs and user-cost budgets.
 
-    Example: clado optimize --config configs/demo.yaml --method all --avg-bits 4
+    Example: clado optimize --config configs/demo.yaml --method all --avg-bits 4 --bops-budget rel:0.5
     """
-    from ..decide import batch_list, config_for_cache, decide, methods_to_solve, open_cache, resolve_budgets
+    from ..decide import batch_list, config_for_cache, decide, methods_to_solve, open_cache, resolve_plan
     from ..decisions import write_decisions
     from ..errors import UsageError
     from ..methods import space_of
@@ -43,7 +46,9 @@ def optimize(config: Optional[Path] = ConfigOpt,
                cache_dir=cache_dir, psd=psd, solver=solver, time_limit=time_limit)
     wanted = method_names() if method == "all" else method_list(method, "--method")
     c = open_cache(cache, lambda: session_for(cfg))
-    resolved = resolve_budgets(space_of(c.manifest), size_budget, avg_bits, budgets)
+    plan = resolve_plan(c, cfg.layers, size_budget, avg_bits, budgets, bops_budget, budget or [], cost or [],
+                        cfg.optimize.bounds, cfg.optimize.costs, shared_inputs=lambda: _shared_inputs(cfg, c))
+    resolved = [b for b, _ in plan.points]
     ks = batch_list(sb, eb)
     methods = methods_to_solve(c, wanted)
     if wanted is None:
@@ -51,9 +56,11 @@ def optimize(config: Optional[Path] = ConfigOpt,
     if output is not None and len(methods) * len(resolved) > 1:
         raise UsageError("--output takes one method and one budget; use --out-dir for several")
     for b in resolved:
-        log(f"budget {b.given} = {b.bytes:,} bytes for the decided layers")
+        parts = ([f"{b.bytes:,} bytes for the decided layers"] if b.bytes is not None else []) + \
+                [f"{x['name']} <= {x['bound']:.6g} {x['unit']}".rstrip() for x in b.bounds]
+        log(f"budget {b.given} = {'; '.join(parts)}")
     decisions = decide(c, methods, resolved, cfg.optimize.psd, cfg.optimize.solver, cfg.optimize.time_limit,
-                       ks=ks, config=config_for_cache(cfg.to_dict(), c), threads=cfg.threads)
+                       ks=ks, config=config_for_cache(cfg.to_dict(), c), threads=cfg.threads, plan=plan)
     for d in decisions:
         for w in d["warnings"]:
             warn(f"{d['method']}: {w}")
@@ -70,6 +77,15 @@ def optimize(config: Optional[Path] = ConfigOpt,
         out.print(decisions_table(decisions, space_of(c.manifest), f"decisions ({c.fingerprint})"))
     else:   # a column per decision is unreadable: one row each (the files hold the widths)
         out.print(decisions_summary(decisions, f"{len(decisions)} decisions ({c.fingerprint})"))
+
+
+def _shared_inputs(cfg, cache):
+    """The decided layers' shared-input groups, from the config's model (one forward pass)."""
+    from ..quant.ties import shared_input_groups
+    from ..methods import space_of
+
+    s = session_for(cfg)
+    return shared_input_groups(s.float_model, space_of(cache.manifest).layer_names, s.example_input)
 
 
 def decisions_summary(decisions, title: str) -> Table:
@@ -102,7 +118,16 @@ def decisions_table(decisions, space, title: str) -> Table:
         t.add_row(name, f"{space.numel[l]:,}", *cells)
     t.add_row("decided size", "", *[format_bytes(d["sizes"]["decided_bytes"]) for d in decisions])
     t.add_row("total size", "", *[format_bytes(d["sizes"]["total_bytes"]) for d in decisions])
-    t.add_row("budget", "", *[format_bytes(d["budget"]["bytes"]) for d in decisions])
+    t.add_row("budget", "", *[format_bytes(d["budget"]["bytes"]) if d["budget"]["bytes"] is not None else "-" for d in decisions])
+    names = list(dict.fromkeys(c["name"] for d in decisions for c in d.get("constraints", [])))
+    for name in names:   # every budget: value of its bound, "binds" when it stops a better choice
+        cells = []
+        for d in decisions:
+            c = next((c for c in d.get("constraints", []) if c["name"] == name), None)
+            cells.append("-" if c is None else f"{c['value']:.4g}/{c['bound']:.4g}{' binds' if c['binding'] else ''}")
+        t.add_row(f"{name} used/bound", "", *cells)
+    if any((d.get("costs") or {}).get("bops") for d in decisions):
+        t.add_row("BOPs (total)", "", *[f"{d['costs']['bops']['total']:.4g}" if d["costs"].get("bops") else "-" for d in decisions])
     t.add_row("pred. Δloss", "", *[f"{d['predicted_loss_increase']:.4g}" for d in decisions])
     t.add_row("optimal", "", *["yes" if d["solver"]["optimal"] else f"NO ({d['solver']['status']})" for d in decisions])
     return t

@@ -186,7 +186,7 @@ class Reduction:
         """UsageError naming the first row whose bound no admitted choice meets, with its feasible range."""
         for row, (low, high) in zip(self.rows, self.ranges()):
             if not _within(low, row):
-                given = f" ({row.given})" if row.given and row.given != row.text(row.bound) else ""
+                given = f" ({row.given})" if row.given and row.given.lower().startswith(("rel:", "avg:")) else ""
                 raise UsageError(f"{row.name} budget {row.text(row.bound)}{given} is below the smallest possible {row.name} "
                                  f"{row.text(low)}; feasible range: {row.text(low)}..{row.text(high)}")
 
