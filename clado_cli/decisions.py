@@ -115,8 +115,8 @@ def config_of_decision(d: Mapping[str, Any], overrides: Optional[Mapping[str, An
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     src = d.get("sensitivities") or {}
     if src.get("source") == "file" and "model.name" not in overrides:
-        raise UsageError(f"{where} was solved on sensitivities from the file {src.get('file')} and names no model: "
-                         f"pass the model (model, or a config)", params=("model",))
+        raise UsageError(f"{where} was solved on sensitivities from the file {src.get('file')} and names no "
+                         f"network: pass model or a config", params=("model",))
     flat = flatten(d["config"])
     for key in UNTRUSTED_KEYS:
         flat.pop(key, None)

@@ -222,8 +222,8 @@ def read_pairs(path, space: OptionSpace, singles: np.ndarray) -> Tuple[np.ndarra
         Lt[i, j] = v
     for i, j in zip(*np.nonzero(given & given.T)):
         if i < j and not np.isclose(Lt[i, j], Lt[j, i], rtol=SYM_RTOL, atol=SYM_ATOL):
-            raise InputError(f"pairs file {t.path} is not symmetric: line {line[i, j]} gives {Lt[i, j]!r} and line "
-                             f"{line[j, i]} gives {Lt[j, i]!r} for the same pair")
+            raise InputError(f"pairs file {t.path} is not symmetric: line {line[i, j]} gives {float(Lt[i, j])!r} and line "
+                             f"{line[j, i]} gives {float(Lt[j, i])!r} for the same pair")
     only_one = given & ~given.T
     Lt[only_one.T] = Lt.T[only_one.T]
     layers = space.option_layers()
