@@ -8,7 +8,6 @@ on a prepped cache of the embedded model."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
