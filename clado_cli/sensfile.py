@@ -198,6 +198,10 @@ def read_pairs(path, space: OptionSpace, singles: np.ndarray) -> Tuple[np.ndarra
     layer_ix = {n: l for l, n in enumerate(space.layer_names)}
     width_ix = {b: k for k, b in enumerate(space.candidates)}
     P = space.n_options
+    need = (P * P - space.n_layers * B * B) // 2
+    if len(t.rows) < need:   # checked before the P x P matrix is allocated
+        raise InputError(f"pairs file {t.path} gives {len(t.rows)} pairs; {space.n_layers} layers at {B} widths "
+                         f"need {need} (every pair of options of different layers, in either order)")
     Lt = np.zeros((P, P))
     given = np.zeros((P, P), dtype=bool)
     line = {}

@@ -263,6 +263,8 @@ BAD = [
      r"is not symmetric: line 10 gives 0.96 and line 14 gives 0.97 for the same pair"),
     ("pairs-missing-a-pair", HAND, _edit(HAND_PAIRS, "a,4,b,4,0.3\n", ""), [], INPUT,
      r"misses 1 pair\(s\) of options of different layers, the first a@4 - b@4"),
+    ("pairs-too-few", HAND, "layer_a,bits_a,layer_b,bits_b,value\na,2,b,2,1.0\n", [], INPUT,
+     r"gives 1 pairs; 3 layers at 2 widths need 12"),
     ("pairs-same-layer", HAND, HAND_PAIRS + "a,2,a,4,0.1\n", [], INPUT, r"both options are of layer a"),
     ("pairs-unknown-layer", HAND, HAND_PAIRS + "a,2,z,4,0.1\n", [], INPUT, r"layer 'z' is not one of"),
     ("pairs-unknown-width", HAND, HAND_PAIRS + "a,2,b,8,0.1\n", [], INPUT, r"8 bits is not one of .* widths \[2, 4\]"),
