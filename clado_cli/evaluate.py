@@ -72,11 +72,11 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
     for name, spec in decision["layers"].items():
         if spec["w_bits"] not in cands:
             raise InputError(f"{where}: layer {name} has w_bits {spec['w_bits']}, not one of the candidates {cands}")
-    if from_file:
-        return
-        if spec["a_bits"] != cfg.quant.activation_bits:
+        if not from_file and spec["a_bits"] != cfg.quant.activation_bits:
             raise InputError(f"{where}: layer {name} has a_bits {spec['a_bits']}, but its input activations are "
                              f"quantized at {cfg.quant.activation_bits} bits in this set-up")
+    if from_file:
+        return
     fixed = {l.name for l in session.plan.fixed}
     if set(decision["fixed_layers"]) != fixed:
         odd = sorted(set(decision["fixed_layers"]) ^ fixed)

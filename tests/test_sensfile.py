@@ -210,6 +210,10 @@ def test_check_decision_of_a_file_decision_checks_the_widths_not_the_cache(hand,
     session = SimpleNamespace(cfg=cfg, fingerprint="f" * 16, plan=SimpleNamespace(
         decided_names=["a", "b", "c"], fixed=[SimpleNamespace(name="conv1")]))
     check_decision(session, d)   # other activation width, fixed layers the decision does not know: fine
+    cached = json.loads(json.dumps(d))
+    cached["cache"]["fingerprint"] = session.fingerprint   # a cache's decision is still held to its a_bits
+    with pytest.raises(InputError, match="has a_bits 8, but its input activations are quantized at 6"):
+        check_decision(session, cached)
     session.plan.decided_names = ["a", "b", "x"]
     with pytest.raises(InputError, match="unknown layer 'c'"):
         check_decision(session, d)
