@@ -309,3 +309,35 @@ def test_a_file_beyond_the_size_limit_is_refused_before_it_is_read(hand, monkeyp
     monkeypatch.setattr(sensfile, "MAX_BYTES", 64)
     r = invoke("optimize", "--sensitivities", hand[0], "-m", "mpqco", "--avg-bits", "3", "-q")
     assert r.exit_code == INPUT and "more than the 64 clado reads" in r.stderr
+
+
+def test_any_text_is_read_or_refused_as_bad_input(tmp_path):
+    """Whatever a sensitivities or pairs file holds, reading it returns numbers or raises a clado
+    input/usage error (never a crash of another kind)."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from clado_cli.errors import CladoError
+    from clado_cli.sensfile import read_option_values, read_pairs
+
+    cell = st.one_of(st.sampled_from(["mpqco", "a", "b", "4", "2", "-1", "1e400", "nan", "0.5", "", " ", '"x,y"',
+                                      "\x00", "9" * 30]), st.text(max_size=6))
+    row = st.lists(cell, min_size=0, max_size=6).map(",".join)
+    header = st.sampled_from(["method,layer,numel,bits,value", "layer_a,bits_a,layer_b,bits_b,value", "x"])
+    doc = st.tuples(header, st.lists(row, max_size=8)).map(lambda t: "\n".join([t[0], *t[1]]) + "\n")
+    s = tmp_path / "s.csv"
+    p = tmp_path / "p.csv"
+    s.write_text(HAND)
+    space = read_option_values(s, "clado").space
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(doc)
+    def check(text):
+        p.write_bytes(text.encode("utf-8", "surrogatepass"))
+        for read in (lambda: read_option_values(p, "mpqco"),
+                     lambda: read_pairs(p, space, np.zeros(6))):
+            try:
+                read()
+            except CladoError:
+                pass
+
+    check()
