@@ -139,12 +139,24 @@ def resolve_plan(cache: Cache, layers_cfg, size_budget: Optional[str] = None, av
     callable giving the decided layers' shared-input groups (needed for tie_shared_input);
     `size_specs`: the size bounds already as a list (instead of the three size options); `macs`:
     the layers' MACs when the cache has none yet (before prep)."""
+    m = cache.manifest
+    return plan_for_space(space_of(m), layers_cfg, size_budget, avg_bits, budgets, bops_budget, others, cost_files,
+                          config_budgets, config_costs, shared_inputs, size_specs, cache.load_layer_costs() or macs,
+                          m["quant"]["activation_bits"], [n for n, _ in m["layers"]["fixed"]])
+
+
+def plan_for_space(space, layers_cfg, size_budget: Optional[str] = None, avg_bits: Optional[float] = None,
+                   budgets: Optional[str] = None, bops_budget: Optional[str] = None,
+                   others: Sequence[str] = (), cost_files: Sequence[str] = (),
+                   config_budgets: Optional[Dict[str, str]] = None, config_costs: Optional[Dict[str, str]] = None,
+                   shared_inputs=None, size_specs: Optional[List[str]] = None,
+                   macs: Optional[Dict[str, int]] = None, a_bits: int = 8, fixed_names: Sequence[str] = ()) -> Plan:
+    """resolve_plan on an option space (a cache's, or a sensitivities file's: no MACs there, so
+    no bops)."""
     from .layer_constraints import allowed_mask, resolve_ties, resolve_widths, tie_widths
     from .usercosts import parse_cost_options, read_cost_table
     from .store.files import sha256_bytes
 
-    m = cache.manifest
-    space = space_of(m)
     names = space.layer_names
     shared = []
     if layers_cfg is not None and layers_cfg.tie_shared_input:
@@ -159,10 +171,10 @@ def resolve_plan(cache: Cache, layers_cfg, size_budget: Optional[str] = None, av
     tables, files, shas = {}, {}, {}
     pairs = [(n, p) for n, p in (config_costs or {}).items()] + parse_cost_options(list(cost_files))
     for name, path in pairs:
-        t = read_cost_table(path, name, names, space.candidates, a_bits=space.act_bits or m["quant"]["activation_bits"],
-                            fixed_names=[n for n, _ in m["layers"]["fixed"]])
+        t = read_cost_table(path, name, names, space.candidates, a_bits=space.act_bits or a_bits,
+                            fixed_names=list(fixed_names))
         tables[name], files[name], shas[name] = t.values, str(path), sha256_bytes(Path(path).read_bytes())
-    costs = CostModel.build(space, cache.load_layer_costs() or macs, m["quant"]["activation_bits"], tables)
+    costs = CostModel.build(space, macs, a_bits, tables)
     bounds: Dict[str, List[str]] = {}
     for name, value in (config_budgets or {}).items():
         bounds[name] = bound_list(name, str(value))

@@ -61,7 +61,10 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
         missing = [n for n in decided if n not in names]
         what = f"unknown layer {unknown[0]!r}" if unknown else f"no bits for layer {missing[0]!r}"
         raise InputError(f"{where} does not fit model {session.cfg.model.name}: {what}")
-    if fp != session.fingerprint:
+    # solved on sensitivities from a file (no fingerprint): its weight widths on this set-up, whose
+    # activation and fixed-layer widths apply
+    from_file = fp is None
+    if not from_file and fp != session.fingerprint:
         raise InputError(f"{where} was made for another model or config (cache fingerprint {fp}, "
                          f"this config's is {session.fingerprint})")
     cfg = session.cfg
@@ -69,9 +72,11 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
     for name, spec in decision["layers"].items():
         if spec["w_bits"] not in cands:
             raise InputError(f"{where}: layer {name} has w_bits {spec['w_bits']}, not one of the candidates {cands}")
-        if spec["a_bits"] != cfg.quant.activation_bits:
+        if not from_file and spec["a_bits"] != cfg.quant.activation_bits:
             raise InputError(f"{where}: layer {name} has a_bits {spec['a_bits']}, but its input activations are "
                              f"quantized at {cfg.quant.activation_bits} bits in this set-up")
+    if from_file:
+        return
     fixed = {l.name for l in session.plan.fixed}
     if set(decision["fixed_layers"]) != fixed:
         odd = sorted(set(decision["fixed_layers"]) ^ fixed)

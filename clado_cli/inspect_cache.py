@@ -1,5 +1,6 @@
 """`clado inspect`: per-layer sensitivities of each cached method, and the CLADO cross-layer
-interaction terms G[(l,b),(m,b)] between layers l≠m at one width b (the paper's Figure 1)."""
+interaction terms G[(l,b),(m,b)] between layers l≠m at one width b (the paper's Figure 1); as
+CSV files that `clado optimize --sensitivities/--pairs` reads back (clado_cli/sensfile.py)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -11,7 +12,9 @@ from .methods import get_method, load_sensitivities, prep_method_names, space_of
 from .store import Cache
 
 
-def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]] = None,
+            pairs_csv=None) -> Dict[str, Any]:
+    """The report; `pairs_csv`: also write CLADO's pair terms there (`write_pairs_csv`)."""
     space = space_of(cache.manifest)
     B = len(space.candidates)
     bits = bits if bits is not None else space.candidates[0]
@@ -20,7 +23,7 @@ def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]
     k = space.candidates.index(bits)
     per_layer: Dict[str, Dict[str, List[float]]] = {}
     out: Dict[str, Any] = {"fingerprint": cache.fingerprint, "layers": space.layer_names,
-                           "candidates": space.candidates, "methods": {}}
+                           "numel": space.numel, "candidates": space.candidates, "methods": {}}
     for method in prep_method_names():
         m = get_method(method)
         if not cache.batches(m.stored):
@@ -39,22 +42,41 @@ def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]
             np.fill_diagonal(inter, 0.0)
             out["interaction"] = {"bits": bits, "matrix": inter.tolist(),
                                   "definition": "G[(l,b),(m,b)] = L(l,m) - L(l) - L(m) + L0, diagonal blanked"}
+            if pairs_csv is not None:
+                write_pairs_csv(space, sens.Ltilde, pairs_csv)
+                out["pairs_csv"] = str(pairs_csv)
     if not out["methods"]:
         raise UsageError(f"cache {cache.fingerprint} holds no sensitivities yet (run clado prep)")
+    if pairs_csv is not None and "pairs_csv" not in out:
+        raise UsageError(f"cache {cache.fingerprint} holds no CLADO sensitivities, so no pair terms to write "
+                         f"(run clado prep clado)", params=("pairs_csv",))
     return out
 
 
 def write_csv(rep: Dict[str, Any], path) -> None:
-    """The per-layer sensitivities of `inspect`'s report as CSV: method,layer,<b>bit..."""
+    """The per-option sensitivities of `inspect`'s report as CSV, one row per method, layer and
+    width: method,layer,numel,bits,value (clado_cli/sensfile.py; `clado optimize --sensitivities`
+    reads it back exactly)."""
     from pathlib import Path
 
+    from .optimize import OptionSpace
+    from .sensfile import COLUMNS, csv_bytes, option_rows
     from .store import atomic_write
 
-    lines = ["method,layer," + ",".join(f"{b}bit" for b in rep["candidates"])]
-    for m, info in rep["methods"].items():
-        for name, vals in zip(rep["layers"], info["per_layer"]):
-            lines.append(f"{m},{name}," + ",".join(f"{v:.9g}" for v in vals))
-    atomic_write(Path(path), ("\n".join(lines) + "\n").encode())
+    space = OptionSpace(rep["layers"], rep["candidates"], rep["numel"])
+    rows = [r for m, info in rep["methods"].items() for r in option_rows(m, space, info["per_layer"])]
+    atomic_write(Path(path), csv_bytes(COLUMNS, rows))
+
+
+def write_pairs_csv(space, Ltilde, path) -> None:
+    """CLADO's pair terms as CSV: layer_a,bits_a,layer_b,bits_b,value (the measured Ltilde of
+    every ordered pair of options of different layers)."""
+    from pathlib import Path
+
+    from .sensfile import PAIR_COLUMNS, csv_bytes, pair_rows
+    from .store import atomic_write
+
+    atomic_write(Path(path), csv_bytes(PAIR_COLUMNS, pair_rows(space, Ltilde)))
 
 
 def cache_listing(cache_dir) -> List[Dict[str, Any]]:

@@ -15,12 +15,17 @@ def inspect(config: Optional[Path] = ConfigOpt,
             cache: Optional[Path] = typer.Option(None, "--cache", help="A fingerprint directory (default: the config's)."),
             bits: Optional[int] = typer.Option(None, "--bits", help="Width for the interaction heatmap (default: smallest)."),
             heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the CLADO interaction heatmap PNG here."),
-            csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-layer sensitivities as CSV here."),
+            csv: Optional[Path] = typer.Option(None, "--csv", help="Write every method's per-option sensitivities as CSV "
+                                               "here (method,layer,numel,bits,value), for optimize --sensitivities."),
+            csv_pairs: Optional[Path] = typer.Option(None, "--csv-pairs", help="Write CLADO's pair terms as CSV here "
+                                                     "(layer_a,bits_a,layer_b,bits_b,value), for optimize --pairs."),
             model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
             cache_dir: Optional[str] = CacheDirOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt):
     """Per-layer sensitivities of each cached method, and the CLADO cross-layer interaction heatmap.
 
     Example: clado inspect --config configs/demo.yaml --heatmap runs/demo/interactions.png --csv sens.csv
+
+    Example: clado inspect --config configs/demo.yaml --csv sens.csv --csv-pairs pairs.csv
     """
     from ..decide import open_cache
     from ..inspect_cache import inspect as inspect_lib, write_csv
@@ -28,7 +33,7 @@ def inspect(config: Optional[Path] = ConfigOpt,
 
     cfg = load(config, quiet, model=model, weights=weights, data=data, cache_dir=cache_dir)
     c = open_cache(cache, lambda: session_for(cfg))
-    rep = inspect_lib(c, bits)
+    rep = inspect_lib(c, bits, pairs_csv=csv_pairs)
     if heatmap is not None:
         if "interaction" not in rep:
             from ..errors import UsageError

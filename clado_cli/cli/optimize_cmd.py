@@ -30,20 +30,38 @@ def optimize(config: Optional[Path] = ConfigOpt,
              cache: Optional[Path] = typer.Option(None, "--cache", help="A fingerprint directory to read instead of the config's."),
              output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the decision JSON here (one method and budget)."),
              out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write one decision per method and budget, plus index.json."),
+             sensitivities: Optional[Path] = typer.Option(
+                 None, "--sensitivities", help="Solve on this CSV (method,layer,numel,bits,value; clado inspect --csv "
+                                               "writes it) instead of a cache: no prep, no model."),
+             pairs: Optional[Path] = typer.Option(
+                 None, "--pairs", help="With --sensitivities: CLADO's pair terms as CSV "
+                                       "(layer_a,bits_a,layer_b,bits_b,value; clado inspect --csv-pairs writes it)."),
              model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
              device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt, cache_dir: Optional[str] = CacheDirOpt,
              as_json: bool = JsonOpt, quiet: bool = QuietOpt):
     """Solve each method's program over the cached sensitivities under size, BOPs and user-cost budgets.
 
     Example: clado optimize --config configs/demo.yaml --method all --avg-bits 4 --bops-budget rel:0.5
+
+    Example: clado optimize --sensitivities sens.csv --pairs pairs.csv --method clado --avg-bits 4 -o d.json
     """
     from ..decide import batch_list, config_for_cache, decide, methods_to_solve, open_cache, resolve_plan
-    from ..decisions import write_decisions
     from ..errors import UsageError
     from ..methods import space_of
 
     cfg = load(config, quiet, model=model, weights=weights, data=data, device=device, threads=threads,
                cache_dir=cache_dir, psd=psd, solver=solver, time_limit=time_limit)
+    if sensitivities is not None or pairs is not None:
+        from .optimize_file import optimize_from_file
+
+        if sensitivities is None:
+            raise UsageError("--pairs goes with --sensitivities (the per-option values)")
+        if cache is not None or sb is not None or eb is not None:
+            raise UsageError("--cache, --sb and --eb choose cached numbers; --sensitivities replaces the cache")
+        wanted = None if method in (None, "all") else method_list(method, "--method")
+        decisions, space = optimize_from_file(cfg, sensitivities, pairs, wanted, size_budget, avg_bits, budgets,
+                                              output, bops_budget, budget or [], cost or [])
+        return report(decisions, space, sensitivities.name, None, output, out_dir, as_json)
     wanted = method_names() if method == "all" else method_list(method, "--method")
     c = open_cache(cache, lambda: session_for(cfg))
     plan = resolve_plan(c, cfg.layers, size_budget, avg_bits, budgets, bops_budget, budget or [], cost or [],
@@ -61,6 +79,14 @@ def optimize(config: Optional[Path] = ConfigOpt,
         log(f"budget {b.given} = {'; '.join(parts)}")
     decisions = decide(c, methods, resolved, cfg.optimize.psd, cfg.optimize.solver, cfg.optimize.time_limit,
                        ks=ks, config=config_for_cache(cfg.to_dict(), c), threads=cfg.threads, plan=plan)
+    report(decisions, space_of(c.manifest), c.fingerprint, c.fingerprint, output, out_dir, as_json)
+
+
+def report(decisions, space, title: str, fingerprint, output: Optional[Path], out_dir: Optional[Path],
+           as_json: bool) -> None:
+    """Warnings and solver lines on stderr; the decision files; JSON or a table on stdout."""
+    from ..decisions import write_decisions
+
     for d in decisions:
         for w in d["warnings"]:
             warn(f"{d['method']}: {w}")
@@ -69,14 +95,14 @@ def optimize(config: Optional[Path] = ConfigOpt,
     if output is not None:
         write_json(output, decisions[0])
     if out_dir is not None:
-        write_decisions(out_dir, decisions, c.fingerprint)
+        write_decisions(out_dir, decisions, fingerprint)
     if as_json:
         print_json(decisions[0] if len(decisions) == 1 else decisions)
         return
     if len(decisions) <= 3:
-        out.print(decisions_table(decisions, space_of(c.manifest), f"decisions ({c.fingerprint})"))
+        out.print(decisions_table(decisions, space, f"decisions ({title})"))
     else:   # a column per decision is unreadable: one row each (the files hold the widths)
-        out.print(decisions_summary(decisions, f"{len(decisions)} decisions ({c.fingerprint})"))
+        out.print(decisions_summary(decisions, f"{len(decisions)} decisions ({title})"))
 
 
 def _shared_inputs(cfg, cache):
