@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from clado_cli.cli import app
 from clado_cli.decide import decide
+from clado_cli.decide import plan_for_space
 from clado_cli.decide_file import decide_from_files
 from clado_cli.inspect_cache import inspect, write_csv
 from clado_cli.methods import SolveOptions, kind_of
@@ -78,7 +79,8 @@ def test_round_trip_gives_the_cache_decisions_bit_for_bit(cache, files):
     budgets = [resolve_budget(None, 3.0, total), resolve_budget(None, 5.0, total)]
     methods = ["clado", "mpqco", "hawq", "naive"]
     from_cache = decide(cache, methods, budgets, psd="exact")
-    from_file, space = decide_from_files(sens, pairs, methods, lambda s: budgets, SolveOptions(psd="exact"), 8)
+    from_file, space = decide_from_files(sens, pairs, methods, lambda s: plan_for_space(s, None, size_specs=["avg:3", "avg:5"]),
+                                         SolveOptions(psd="exact"), 8)
     assert space.layer_names == [n for n, _ in LAYERS] and space.candidates == CANDS
     assert len(from_file) == len(from_cache) == 8
     for a, b in zip(from_cache, from_file):

@@ -136,3 +136,20 @@ layers:
     # the same program without the restrictions picks differently for at least one method
     free = decisions(invoke("optimize", "-c", cfg, "-m", "clado,naive", "--avg-bits", "3", "--json", "-q"))
     assert any(a["layers"] != b["layers"] for a, b in zip(decisions(res), free))
+
+
+def test_the_round_trip_through_csv_keeps_user_cost_budgets(setup, tmp_path):
+    """inspect -> CSV -> optimize --sensitivities with a latency table and bound gives the cache's decision."""
+    d, cfg, cache, manifest, macs = setup
+    table = latency_table(tmp_path / "latency.csv", manifest)
+    invoke("inspect", "-c", cfg, "--csv", tmp_path / "sens.csv", "--csv-pairs", tmp_path / "pairs.csv", "-q")
+    args = ["--avg-bits", "4", "--cost", f"latency={table}", "--budget", "latency=rel:0.3", "--json", "-q"]
+    for m in ("clado", "naive"):
+        a = decisions(invoke("optimize", "-c", cfg, "-m", m, *args))[0]
+        b = decisions(invoke("optimize", "-c", cfg, "-m", m, "--sensitivities", tmp_path / "sens.csv",
+                             "--pairs", tmp_path / "pairs.csv", *args))[0]
+        assert a["layers"] == b["layers"] and a["predicted_loss_increase"] == b["predicted_loss_increase"]
+        assert a["budget"] == b["budget"] and a["constraints"] == b["constraints"]
+    res = invoke("optimize", "-c", cfg, "-m", "naive", "--sensitivities", tmp_path / "sens.csv", "--avg-bits", "4",
+                 "--bops-budget", "rel:0.5", "-q", ok=False)
+    assert res.exit_code == 2 and "needs the layers' MACs" in res.stderr
