@@ -172,12 +172,20 @@ def test_prep_stack_changes_memory_not_numbers(cfg_file, tmp_path):
 
 
 def test_run_writes_results_and_plot(cfg_file, tmp_path):
+    """With a BOPs bound held for every size budget (the same cache: bounds are not in the
+    fingerprint) and the Pareto plot drawn against BOPs."""
     out = tmp_path / "run"
-    res = json.loads(invoke("run", "-c", cfg_file, "--out-dir", out, "--methods", "clado,hawq", "--json", "-q").stdout)
+    cfg2 = tmp_path / "bounded.yaml"
+    cfg2.write_text(cfg_file.read_text().replace("time_limit: 30}", "time_limit: 30, bounds: {bops: 'rel:0.6'}}"))
+    res = json.loads(invoke("run", "-c", cfg2, "--out-dir", out, "--methods", "clado,hawq", "--x", "bops", "--json", "-q").stdout)
     data = json.loads((out / "results.json").read_text())
     decisions = [r for r in data["results"] if r["kind"] == "decision"]
     assert sorted((r["method"], r["budget"]["given"]) for r in decisions) == \
-        [("clado", "avg:3"), ("clado", "avg:5"), ("hawq", "avg:3"), ("hawq", "avg:5")]
+        [("clado", "avg:3+bops=rel:0.6"), ("clado", "avg:5+bops=rel:0.6"), ("hawq", "avg:3+bops=rel:0.6"), ("hawq", "avg:5+bops=rel:0.6")]
+    for r in decisions:
+        (bops,) = [c for c in r["constraints"] if c["name"] == "bops"]
+        assert bops["value"] <= bops["bound"] == r["budget"]["bounds"][0]["bound"]
+        assert r["costs"]["decided"]["bops"] == r["bops"]["decided"] == bops["value"]
     assert [r["label"] for r in data["results"] if r["kind"] != "decision"] == \
         ["float", "uniform 2-bit", "uniform 4-bit", "uniform 8-bit"]
     png = out / "pareto.png"
