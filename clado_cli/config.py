@@ -235,6 +235,9 @@ class OptimizeConfig(_Section):
     bounds: Dict[str, str] = Field(default_factory=dict)
     # user cost tables: name -> CSV file (layer,w_bits,value[,a_bits])
     costs: Dict[str, str] = Field(default_factory=dict)
+    # `clado run`: keep the best measured of the K best distinct decisions per method and budget
+    # (1: the program's optimum, no refinement)
+    refine: int = Field(default=3, ge=1, le=50)
 
     @field_validator("bounds", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from .budgets import CostModel, bound_list, budget_points, point_budget, size_sp
 from .errors import InputError, SolverError, UsageError
 from .methods import Sensitivities, SolveOptions, combine_checked, get_method, load_sensitivities, space_of
 from .optimize import Budget, check_budget, parse_budget_list, resolve_budget, resolve_budget_spec, solver_threads
-from .optimize.constraints import Constraints, Reduction, size_row
+from .optimize.constraints import Constraints, CostRow, Reduction, size_row
 from .store import Cache
 
 
@@ -77,6 +77,24 @@ def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd:
     naive share CLADO's). Every budget is checked for feasibility before anything is solved.
     `plan` (resolve_plan): the other costs' bounds per budget, ties and per-layer widths; its
     budgets replace `budgets`."""
+    out = []
+    for group in decide_alternatives(cache, methods, budgets, psd, solver, time_limit, ks, config, threads, plan, 1):
+        out.append(group[0])
+        if on_result:
+            on_result(group[0])
+    return out
+
+
+EXCLUDED = "_exclude"  # name prefix of the no-good rows that rule out earlier choices
+
+
+def decide_alternatives(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd: str = "exact",
+                        solver: str = "auto", time_limit: float = 120.0, ks: Optional[Sequence[int]] = None,
+                        config: Optional[Dict[str, Any]] = None, threads: Optional[int] = None,
+                        plan: Optional["Plan"] = None, k_best: int = 1) -> List[List[Dict[str, Any]]]:
+    """For every (method, budget): up to `k_best` distinct decisions, best predicted first — the
+    program solved again with a no-good row (Σ_{i in S} x_i <= L − 1) for each earlier choice S
+    (docs/methods.md, "Refinement by measured loss"). Fewer when the budgets admit fewer choices."""
     chosen = [get_method(m) for m in methods]
     space = space_of(cache.manifest)
     points = plan.points if plan is not None else [(b, None) for b in budgets]
@@ -95,15 +113,38 @@ def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd:
             loaded[src] = combine_checked(cache, get_method(src), ks)
         sens = load_sensitivities(cache, method, ks, combined=loaded[src])
         for budget, cons in points:
-            with solver_threads(opts.threads):
-                res, predicted = method.solve(sens, budget, replace(opts, constraints=cons))
-            if cons is not None and not cons.admits(space, res.choice):
-                raise SolverError(f"method {method.name} returned a choice that breaks the budgets, ties or widths "
-                                  f"it was given; its solve() must pass SolveOptions.constraints to the solver")
-            d = make_decision(cache, sens, budget, res, predicted, psd, config or {}, macs, plan)
-            out.append(d)
-            if on_result:
-                on_result(d)
+            group: List[Dict[str, Any]] = []
+            base = cons if cons is not None else Constraints()
+            for rank in range(k_best):
+                cuts = [CostRow(f"{EXCLUDED}{r}", space.one_hot(_choice_of(space, d)), space.n_layers - 1)
+                        for r, d in enumerate(group)]
+                now = Constraints(base.rows + cuts, base.allowed, base.ties) if (cuts or cons is not None) else None
+                try:
+                    with solver_threads(opts.threads):
+                        res, predicted = method.solve(sens, budget, replace(opts, constraints=now))
+                except (UsageError, SolverError):
+                    if rank == 0:
+                        raise
+                    break  # the budgets admit no further distinct choice (or none was found in time)
+                if now is not None and not now.admits(space, res.choice):
+                    raise SolverError(f"method {method.name} returned a choice that breaks the budgets, ties or widths "
+                                      f"it was given; its solve() must pass SolveOptions.constraints to the solver")
+                if hasattr(res, "constraints") and res.constraints:
+                    res.constraints = [c for c in res.constraints if not c["name"].startswith(EXCLUDED)]
+                group.append(make_decision(cache, sens, budget, res, predicted, psd, config or {}, macs, plan))
+            out.append(group)
+    return out
+
+
+def _choice_of(space, decision: Dict[str, Any]) -> List[int]:
+    """The candidate index per decided layer of a decision (weight widths; activation widths too
+    when the space has them)."""
+    pairs = space.pairs
+    out = []
+    for name in space.layer_names:
+        v = decision["layers"][name]
+        key = (v["w_bits"], v["a_bits"] if space.act_bits is not None else None)
+        out.append(pairs.index(key))
     return out
 
 

@@ -98,10 +98,11 @@ def bops_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, int]:
 
 def decision_label(decision: Dict[str, Any]) -> str:
     """`method @ budget`, with the PSD treatment for CLADO (clip is the release's, the others
-    exact): `clado/clip @ avg:3`."""
+    exact) and the refinement: `clado/clip @ avg:3`, `clado/exact+refine3 @ avg:3`."""
     psd = decision.get("psd")
     method = f"{decision['method']}/{psd}" if psd else decision["method"]
-    return f"{method} @ {decision['budget']['given']}"
+    k = (decision.get("refine") or {}).get("k", 1)
+    return f"{method}{f'+refine{k}' if k > 1 else ''} @ {decision['budget']['given']}"
 
 
 def sizes_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, float]:

@@ -14,8 +14,9 @@ from .optimize import check_budget
 
 def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None,
                  methods: Optional[Sequence[str]] = None, uniform: Optional[Sequence[int]] = None,
-                 export_dir: Optional[Path] = None, x: str = "size") -> Dict[str, Any]:
-    from .decide import decide, resolve_plan
+                 export_dir: Optional[Path] = None, x: str = "size", refine: Optional[int] = None) -> Dict[str, Any]:
+    from .decide import decide_alternatives, resolve_plan
+    from .refine import refine as refine_decisions, summary as refine_summary
     from .decisions import decision_file_name, write_decisions
     from .evaluate import evaluate_decision, evaluate_uniform
     from .jsonio import write_json
@@ -50,8 +51,15 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
         preps[source] = run_prep(session, source, cfg.data.sb, cfg.data.eb)
     ks = list(range(cfg.data.sb, cfg.data.eb + 1))
     log(f"optimize {', '.join(methods)} for {len(resolved)} budget(s)")
-    decisions = decide(session.cache, methods, resolved, cfg.optimize.psd, cfg.optimize.solver,
-                       cfg.optimize.time_limit, ks=ks, config=cfg.to_dict(), threads=cfg.threads, plan=plan)
+    k_best = cfg.optimize.refine if refine is None else refine
+    groups = decide_alternatives(session.cache, methods, resolved, cfg.optimize.psd, cfg.optimize.solver,
+                                 cfg.optimize.time_limit, ks=ks, config=cfg.to_dict(), threads=cfg.threads, plan=plan,
+                                 k_best=k_best)
+    if k_best > 1:
+        log(f"refine: measure up to {k_best} best distinct decisions per method and budget on the sensitivity batches")
+        decisions = refine_decisions(session, groups, k_best)
+    else:
+        decisions = [g[0] for g in groups]
     rows: List[Dict[str, Any]] = []
     log("evaluate float and uniform baselines")
     rows += evaluate_uniform(session, uniform if uniform is not None else cfg.quant.weight_candidates)
@@ -70,7 +78,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     plot = pareto_plot(rows, out_dir / "pareto.png",
                        f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs {x} ({len(ks)} sensitivity batch(es))", x=x)
     results = {"clado_version": __version__, "fingerprint": session.fingerprint, "config": cfg.to_dict(),
-               "prep": preps, "splits": splits, "results": rows, "comparisons": comparisons, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
+               "prep": preps, "splits": splits, "refine": refine_summary(decisions), "results": rows, "comparisons": comparisons, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
     if export_dir is not None:   # every decision as ONNX (QDQ) and encodings (docs/export.md)
         from .export import export_all
 

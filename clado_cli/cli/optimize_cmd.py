@@ -30,6 +30,7 @@ def optimize(config: Optional[Path] = ConfigOpt,
              cache: Optional[Path] = typer.Option(None, "--cache", help="A fingerprint directory to read instead of the config's."),
              output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the decision JSON here (one method and budget)."),
              out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write one decision per method and budget, plus index.json."),
+             refine: int = typer.Option(1, "--refine", help="Solve for the K best distinct decisions, measure each on the sensitivity batches, keep the lowest measured loss increase (needs the model: --config)."),
              sensitivities: Optional[Path] = typer.Option(
                  None, "--sensitivities", help="Solve on this CSV (method,layer,numel,bits,value; clado inspect --csv "
                                                "writes it) instead of a cache: no prep, no model."),
@@ -45,12 +46,17 @@ def optimize(config: Optional[Path] = ConfigOpt,
 
     Example: clado optimize --sensitivities sens.csv --pairs pairs.csv --method clado --avg-bits 4 -o d.json
     """
-    from ..decide import batch_list, config_for_cache, decide, methods_to_solve, open_cache, resolve_plan
+    from ..decide import batch_list, config_for_cache, decide_alternatives, methods_to_solve, open_cache, resolve_plan
     from ..errors import UsageError
     from ..methods import space_of
 
     cfg = load(config, quiet, model=model, weights=weights, data=data, device=device, threads=threads,
                cache_dir=cache_dir, psd=psd, solver=solver, time_limit=time_limit)
+    if not 1 <= refine <= 50:
+        raise UsageError(f"--refine {refine}: give 1..50 (1: the program's optimum, no refinement)", params=("refine",))
+    if refine > 1 and (sensitivities is not None or cache is not None):
+        raise UsageError("--refine measures each decision on the model and its sensitivity batches: use it with the "
+                         "config's cache, not --cache or --sensitivities", params=("refine",))
     if sensitivities is not None or pairs is not None:
         from .optimize_file import optimize_from_file
 
@@ -77,8 +83,17 @@ def optimize(config: Optional[Path] = ConfigOpt,
         parts = ([f"{b.bytes:,} bytes for the decided layers"] if b.bytes is not None else []) + \
                 [f"{x['name']} <= {x['bound']:.6g} {x['unit']}".rstrip() for x in b.bounds]
         log(f"budget {b.given} = {'; '.join(parts)}")
-    decisions = decide(c, methods, resolved, cfg.optimize.psd, cfg.optimize.solver, cfg.optimize.time_limit,
-                       ks=ks, config=config_for_cache(cfg.to_dict(), c), threads=cfg.threads, plan=plan)
+    groups = decide_alternatives(c, methods, resolved, cfg.optimize.psd, cfg.optimize.solver, cfg.optimize.time_limit,
+                                 ks=ks, config=config_for_cache(cfg.to_dict(), c), threads=cfg.threads, plan=plan,
+                                 k_best=refine)
+    if refine > 1:
+        from ..refine import refine as refine_decisions
+
+        decisions = refine_decisions(session_for(cfg), groups, refine)
+        changed = sum(d["refine"]["changed"] for d in decisions)
+        log(f"refine: {changed} of {len(decisions)} decision(s) kept another of the {refine} best than the program's optimum")
+    else:
+        decisions = [g[0] for g in groups]
     report(decisions, space_of(c.manifest), c.fingerprint, c.fingerprint, output, out_dir, as_json)
 
 

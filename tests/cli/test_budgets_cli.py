@@ -153,3 +153,21 @@ def test_the_round_trip_through_csv_keeps_user_cost_budgets(setup, tmp_path):
     res = invoke("optimize", "-c", cfg, "-m", "naive", "--sensitivities", tmp_path / "sens.csv", "--avg-bits", "4",
                  "--bops-budget", "rel:0.5", "-q", ok=False)
     assert res.exit_code == 2 and "needs the layers' MACs" in res.stderr
+
+
+def test_refine_measures_the_k_best_and_keeps_the_lowest_measured(setup):
+    d, cfg, cache, manifest, macs = setup
+    res = invoke("optimize", "-c", cfg, "-m", "clado,naive", "--avg-bits", "3", "--refine", "4", "--json", "-q")
+    for dec in decisions(res):
+        r = dec["refine"]
+        assert r["k"] == 4 and r["found"] == 4 and r["batches"] == dec["cache"]["batches"] == [0]
+        cands = r["candidates"]
+        assert len({json.dumps(c["w_bits"], sort_keys=True) for c in cands}) == 4  # distinct
+        predicted = [c["predicted_loss_increase"] for c in cands]
+        assert predicted == sorted(predicted)  # the K best, in the program's order
+        best = min(range(4), key=lambda i: (cands[i]["measured_loss_increase"], i))
+        assert r["chosen_rank"] == best and r["changed"] == (best != 0)
+        assert {n: v["w_bits"] for n, v in dec["layers"].items()} == cands[best]["w_bits"]
+        assert dec["predicted_loss_increase"] == predicted[best]
+    bad = invoke("optimize", "-c", cfg, "-m", "naive", "--avg-bits", "3", "--refine", "3", "--cache", cache, "-q", ok=False)
+    assert bad.exit_code == 2 and "--refine measures each decision" in bad.stderr

@@ -148,3 +148,22 @@ def test_binding_says_which_budget_stops_a_better_choice():
     by = {c["name"]: c for c in r.constraints}
     assert by["size"]["binding"] and not by["latency"]["binding"]
     assert by["size"]["unit"] == "bytes" and by["size"]["value"] == r.decided_bytes and by["size"]["bound"] == budget
+
+
+@pytest.mark.parametrize("psd", ["exact", "shift"])
+def test_no_good_rows_give_the_k_best_choices_in_order(psd):
+    """Solving again with Σ_{i in S} x_i <= L-1 for every earlier choice S walks the admitted
+    choices in the order of x'Gx: the values are the K smallest of brute force."""
+    import itertools
+
+    space, G, _, bops, latency = instance(7, n_layers=4)
+    budget = int(space.min_bytes() + 0.5 * (space.max_bytes() - space.min_bytes()))
+    values = sorted(float(space.one_hot(c) @ G @ space.one_hot(c)) for c in itertools.product(range(3), repeat=4)
+                    if space.fits(c, budget))
+    cuts, seen = [], []
+    for _ in range(5):
+        r = solve_iqp(G, space, budget, psd=psd, constraints=Constraints(list(cuts)), time_limit=30)
+        assert r.choice not in seen and r.optimal
+        seen.append(r.choice)
+        cuts.append(CostRow(f"_exclude{len(cuts)}", space.one_hot(r.choice), space.n_layers - 1))
+    assert [float(space.one_hot(c) @ G @ space.one_hot(c)) for c in seen] == pytest.approx(values[:5], rel=1e-9, abs=1e-12)
