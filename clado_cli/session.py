@@ -172,16 +172,19 @@ class Session:
                      "calibration_size": c.data.calibration_size, "image_size": c.data.image_size,
                      # absent for "head", so caches made before the choice existed keep their name
                      **({"calibration_from": "tail"} if c.data.calibration_from == "tail" else {})},
-            "quant": c.quant.model_dump(mode="json"),
+            "quant": c.quant.manifest_dump(),
             "layers": {
                 "decided": [[l.name, l.numel] for l in self.plan.decided],
                 "fixed": [[l.name, l.numel] for l in self.plan.fixed],
                 "fixed_weight_bits": c.layers.fixed_weight_bits,
                 "fixed_activation_bits": c.layers.fixed_activation_bits,
             },
-            "candidates": list(c.quant.weight_candidates),
+            "candidates": [w for w, _ in c.quant.pairs()],
             "loss": c.prep.loss,
         }
+        if c.quant.act_options:
+            # options differ in activation width: candidate k is (candidates[k], act_bits[k])
+            m["act_bits"] = [a for _, a in c.quant.pairs()]
         if self.transform is not None:
             m["data"]["transform"] = {k: v for k, v in self.transform.items() if k not in ("source", "origin")}
         return m

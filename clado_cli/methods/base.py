@@ -32,8 +32,9 @@ Tick = Optional[Callable[[int], None]]
 def space_of(manifest: Dict[str, Any]) -> OptionSpace:
     """The option space (decided layers x candidate widths) a cache was computed for."""
     decided = manifest["layers"]["decided"]
+    act = manifest.get("act_bits")   # present only when the options differ in activation width
     return OptionSpace(layer_names=[n for n, _ in decided], candidates=list(manifest["candidates"]),
-                       numel=[int(k) for _, k in decided])
+                       numel=[int(k) for _, k in decided], act_bits=list(act) if act is not None else None)
 
 
 @dataclass

@@ -55,7 +55,7 @@ class Hawq(Method):
         change the numbers."""
         if rank == 0:
             return self.compute(session, x, y, k, engine, runner)
-        L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+        L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
         return {"traces": np.zeros(L), "iterations": np.zeros(L), "qerr_sq": np.zeros((L, B)), "numel": np.zeros(L)}
 
     def finish_part(self, session, summed):
@@ -63,7 +63,7 @@ class Hawq(Method):
                 "numel": summed["numel"].astype(np.int64)}
 
     def estimate(self, session, forward_seconds, engine):
-        L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+        L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
         p = session.cfg.prep
         passes = p.hawq_max_iter * (L if p.hawq_estimator == "per-layer" else 1)
         return passes * forward_seconds * 4, 8 * L * (B + 3) + 300, {"hessian_vector_products_at_most": passes}
