@@ -27,9 +27,12 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
     the MACs and BOPs in `costs`; None when prep has not measured them."""
     m = cache.manifest
     method = get_method(sens.method)
-    a_bits = m["quant"]["activation_bits"]
     fw, fa = m["layers"]["fixed_weight_bits"], m["layers"]["fixed_activation_bits"]
     bits = {name: int(b) for name, b in zip(sens.space.layer_names, res.bits)}
+    # each layer's input width: its option's (quant.options) or the one activation width
+    pairs = sens.space.pairs
+    a_bits = {name: int(pairs[k][1] if pairs[k][1] is not None else m["quant"]["activation_bits"])
+              for name, k in zip(sens.space.layer_names, res.choice)}
     fixed = [name for name, _ in m["layers"]["fixed"]]
     warnings = sens.warnings()
     if not res.optimal:
@@ -40,7 +43,7 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
         "method": sens.method,
         "psd": psd if method.uses_psd else None,
         "budget": budget.to_dict(),
-        "layers": {name: {"w_bits": b, "a_bits": a_bits} for name, b in bits.items()},
+        "layers": {name: {"w_bits": b, "a_bits": a_bits[name]} for name, b in bits.items()},
         "fixed_layers": {name: {"w_bits": fw, "a_bits": fa} for name in fixed},
         "sizes": sizes_triple(sens.space.size_of(res.choice), fixed_bytes_of(m)),
         "costs": bops_report(macs, bits, a_bits, fixed, fw, fa) if macs is not None else {"bops": None, "macs": None},

@@ -270,14 +270,14 @@ class QuantModel(nn.Module):
         for name, key in options:
             self.qlayers[name].select(key)
 
-    def set_decision(self, bits_by_layer: Mapping[str, int], a_bits_by_layer: Optional[Mapping[str, int]] = None) -> None:
-        """The mixed-precision model: decided layers per the decision (weight widths, and input
-        widths from `a_bits_by_layer` when given), fixed layers at their fixed precision, every
-        input activation quantized."""
+    def set_decision(self, bits_by_layer: Mapping[str, object]) -> None:
+        """The mixed-precision model: decided layers per the decision (a weight width, or a
+        (weight bits, activation bits) pair, per layer), fixed layers at their fixed precision,
+        every input activation quantized."""
         self.reset()
         for q in self.decided:
-            a = None if a_bits_by_layer is None else a_bits_by_layer[q.name]
-            q.select(int(bits_by_layer[q.name]) if a is None else (int(bits_by_layer[q.name]), int(a)))
+            key = bits_by_layer[q.name]
+            q.select(tuple(int(b) for b in key) if isinstance(key, tuple) else int(key))
         for q in self.fixed:
             q.w_bits, q.a_on = self.fixed_w_bits, True
 

@@ -1,0 +1,200 @@
+"""Issue 18: options as (weight bits, activation bits) pairs (`quant.options`): the CLADO engines
+measure each pair as a hand-built deep copy does, configs without options keep their caches and
+fingerprints, decisions record and evaluation applies each layer's activation width."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clado_cli.config import load_config
+from clado_cli.errors import ConfigError
+from tests.conftest import small_overrides
+
+OPTIONS = [[2, 8], [4, 4], [4, 8], [8, 4]]
+# four decided layers (layer1's convs) keep the reference engine's passes few
+FEW = {"layers.include": ["layer1.*"]}
+
+
+@pytest.fixture(scope="module")
+def act_session(tmp_path_factory):
+    from clado_cli.session import Session
+
+    cfg = load_config(None, small_overrides(tmp_path_factory.mktemp("act_cache"), **FEW, **{"quant.options": OPTIONS}))
+    s = Session(cfg)
+    s.qmodel  # noqa: B018  (calibrate once)
+    return s
+
+
+def _by_hand(session, options, x, y):
+    """L(S) on a deep copy of the float model: each (layer, (w, a)) in S gets its weight through
+    the layer's w-bit MQBench quantizer and its input through the a-bit one; everything else float."""
+    qm = session.qmodel
+    model = copy.deepcopy(session.float_model).eval()
+    for name, (w, a) in options:
+        q = qm.qlayers[name]
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            layer.weight.copy_(q.w_fq[str(w)](q.layer.weight))
+        fq = q.act_fq(a)
+        layer.register_forward_pre_hook(lambda m, inp, fq=fq: (fq(inp[0]),))
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
+def test_the_option_space_is_the_pairs(act_session):
+    from clado_cli.methods import space_of
+
+    s = act_session
+    assert s.qmodel.keys == [(2, 8), (4, 4), (4, 8), (8, 4)]
+    assert s.manifest["candidates"] == [2, 4, 4, 8] and s.manifest["act_bits"] == [8, 4, 8, 4]
+    assert s.manifest["quant"]["options"] == OPTIONS and "weight_candidates" not in s.manifest["quant"]
+    space = space_of(s.manifest)
+    assert [space.label(k) for k in range(4)] == ["w2a8", "w4a4", "w4a8", "w8a4"]
+    # one input quantizer per activation width on decided layers, calibrated to different scales
+    q = s.qmodel.decided[0]
+    assert q.a_widths == [4, 8] and float(q.act_fq(4).scale) != float(q.act_fq(8).scale)
+    assert all(f.a_widths == [8] for f in s.qmodel.fixed)
+    state = s.qmodel.quant_state()
+    assert f"{q.name}|a4|scale" in state and f"{q.name}|a8|scale" in state and f"{q.name}|a|scale" not in state
+    assert f"{s.qmodel.fixed[0].name}|a|scale" in state
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast", "branching"])
+def test_ltilde_of_pairs_equals_a_deep_copy_evaluation(act_session, engine):
+    from clado_cli.prep.clado import BranchingRunner, clado_fast, clado_reference, make_runner
+
+    s = act_session
+    qm = s.qmodel
+    x, y = s.sensitivity_batch(0)
+    if engine == "reference":
+        vals = clado_reference(qm, x, y, "ce")
+    else:
+        runner = BranchingRunner(qm) if engine == "branching" else make_runner(qm, max_batch=3)[0]
+        vals = clado_fast(qm, x, y, "ce", runner=runner)
+    Lt, L0 = vals["Ltilde"], float(vals["L0"])
+    assert L0 == pytest.approx(_by_hand(s, [], x, y), abs=1e-6)
+    opts = qm.options
+    B = len(qm.keys)
+    for i, o in enumerate(opts):
+        assert Lt[i, i] == pytest.approx(_by_hand(s, [o], x, y) - L0, abs=1e-5)
+    for i, j in [(0, B + 1), (1, 2 * B + 3), (B + 3, 3 * B), (2, 3 * B + 1)]:
+        assert Lt[i, j] == Lt[j, i] == pytest.approx(_by_hand(s, [opts[i], opts[j]], x, y) - L0, abs=1e-5)
+    assert np.all(Lt[np.arange(B), np.arange(B)[::-1]][[0, 3]] == 0)   # same layer: 0
+
+
+def test_fast_and_reference_engines_agree_with_pairs(act_session):
+    from clado_cli.prep.clado import clado_fast, clado_reference, make_runner
+
+    s = act_session
+    x, y = s.sensitivity_batch(1)
+    for loss in ("ce", "kl"):
+        ref = clado_reference(s.qmodel, x, y, loss)
+        for mb in (None, 1, 4):
+            fast = clado_fast(s.qmodel, x, y, loss, runner=make_runner(s.qmodel)[0], max_batch=mb)
+            assert np.abs(fast["Ltilde"] - ref["Ltilde"]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"quant.options": [[4, 8], [4, 8]]}, "option [4, 8] is given twice"),
+    ({"quant.options": [[4, 8], [8, 1]]}, "option [8, 1]: widths must lie in 2..16"),
+    ({"quant.options": [[4, 8], [32, 8]]}, "widths must lie in 2..16"),
+    ({"quant.options": [[4, 8, 2]]}, "each option is a [weight bits, activation bits] pair"),
+    ({"quant.options": []}, "needs at least one"),
+    ({"quant.options": [[4, 8]], "quant.activation_candidates": [4, 8]}, "not both"),
+    ({"quant.options": [[4, 8]], "quant.weight_candidates": [4, 8]}, "not both"),
+    ({"quant.options": [[4, 8]], "quant.activation_bits": 4}, "not both"),
+    ({"quant.activation_candidates": [4, 8], "quant.activation_bits": 4}, "not both"),
+    ({"quant.activation_candidates": [4, 4]}, "distinct"),
+    ({"quant.activation_candidates": [1, 4]}, "2..16"),
+])
+def test_bad_options_are_one_line_errors(bad, msg):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, bad)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_configs_without_options_keep_their_manifest_and_fingerprint(small_cfg):
+    from clado_cli.session import Session
+
+    plain = Session(small_cfg())
+    m = plain.manifest
+    # exactly the keys (and values) a manifest had before options existed
+    assert set(m["quant"]) == {"backend", "weight_candidates", "activation_bits", "weight", "activation"}
+    assert "act_bits" not in m and m["candidates"] == [2, 4, 8]
+    assert m["quant"] == plain.cfg.quant.model_dump(mode="json", exclude={"options", "activation_candidates"})
+    assert "options" not in plain.cfg.to_dict()["quant"]
+    # options (or activation candidates) with one activation width are the same set-up: same cache
+    for same in ({"quant.options": [[8, 8], [2, 8], [4, 8]]}, {"quant.activation_candidates": [8]}):
+        assert Session(small_cfg(**same)).fingerprint == plain.fingerprint
+    four = Session(small_cfg(**{"quant.options": [[2, 4], [8, 4]]}))
+    legacy = Session(small_cfg(**{"quant.weight_candidates": [2, 8], "quant.activation_bits": 4}))
+    assert four.fingerprint == legacy.fingerprint
+
+
+def test_activation_candidates_are_the_product(small_cfg):
+    cfg = small_cfg(**{"quant.weight_candidates": [8, 2], "quant.activation_candidates": [8, 4]})
+    assert cfg.quant.pairs() == [(2, 4), (2, 8), (8, 4), (8, 8)] and cfg.quant.act_options
+
+
+def _mixed_decision(s):
+    from clado_cli.decisions import validate_decision
+    from tests.export.conftest import mixed_decision
+
+    d = mixed_decision(s, cycle=(2, 4, 8))
+    pairs = [(4, 4), (8, 4), (2, 8), (4, 8)]
+    for i, name in enumerate(s.plan.decided_names):
+        d["layers"][name] = {"w_bits": pairs[i % 4][0], "a_bits": pairs[i % 4][1]}
+    return validate_decision(d)
+
+
+def test_evaluate_applies_each_layers_activation_width(act_session):
+    from clado_cli.evaluate import evaluate_decision
+
+    s = act_session
+    d = _mixed_decision(s)
+    got = evaluate_decision(s, d)
+    model = copy.deepcopy(s.float_model).eval()
+    qm = s.qmodel
+    for q in qm.decided + qm.fixed:
+        spec = d["layers"].get(q.name) or d["fixed_layers"][q.name]
+        layer = model.get_submodule(q.name)
+        layer.weight.data = q.w_fq[str(spec["w_bits"])](layer.weight.data)
+        fq = q.act_fq(spec["a_bits"])
+        layer.register_forward_pre_hook(lambda m, inp, fq=fq: (fq(inp[0]),))
+    x, y = s.data.eval.images, s.data.eval.labels
+    with torch.no_grad():
+        logits = model(x)
+    assert got["top1"] == int((logits.argmax(1) == y).sum()) / len(y)
+    assert got["loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+    macs = s.layer_macs
+    want = sum(macs[n] * v["w_bits"] * v["a_bits"] for n, v in d["layers"].items())
+    assert got["bops"]["decided"] == want
+    # a pair that is not an option is refused
+    bad = copy.deepcopy(d)
+    bad["layers"][s.plan.decided_names[0]] = {"w_bits": 2, "a_bits": 4}
+    from clado_cli.errors import InputError
+
+    with pytest.raises(InputError, match="not one of the options"):
+        evaluate_decision(s, bad)
+
+
+def test_prep_optimize_records_each_layers_decided_pair(act_session):
+    from clado_cli.decide import decide
+    from clado_cli.methods import space_of
+    from clado_cli.optimize import resolve_budget
+    from clado_cli.prep import run_prep
+
+    s = act_session
+    run_prep(s, "clado", 0, 0)
+    space = space_of(s.cache.manifest)
+    budget = resolve_budget(None, 4.0, sum(space.numel))
+    for method in ("clado", "naive"):
+        (d,) = decide(s.cache, [method], [budget])
+        pairs = {(v["w_bits"], v["a_bits"]) for v in d["layers"].values()}
+        assert pairs <= {tuple(p) for p in OPTIONS}
+        macs = s.cache.load_layer_costs()
+        if macs is not None:
+            assert d["costs"]["bops"]["decided"] == sum(macs[n] * v["w_bits"] * v["a_bits"]
+                                                       for n, v in d["layers"].items())
