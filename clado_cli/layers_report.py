@@ -10,7 +10,8 @@ from .prep.clado import measurement_count
 def layers_report(session) -> Dict[str, Any]:
     plan = session.plan
     cfg = session.cfg
-    cands = cfg.quant.weight_candidates
+    cands = cfg.quant.weight_widths()
+    pairs = cfg.quant.pairs()
     fixed_bits = cfg.layers.fixed_weight_bits
     decided_numel = sum(l.numel for l in plan.decided)
     fixed_bytes = sum(l.numel * fixed_bits / 8 for l in plan.fixed)
@@ -20,12 +21,13 @@ def layers_report(session) -> Dict[str, Any]:
         d = l.to_dict()
         if l.name in macs:
             d["macs"] = macs[l.name]
+            d["act_elements"] = session.layer_act_elements[l.name]
         if l.role == "decided":
             d["bytes"] = {str(b): l.numel * b / 8 for b in cands}
         elif l.role == "fixed":
             d["bytes"] = {str(fixed_bits): l.numel * fixed_bits / 8}
         layers.append(d)
-    L, B = len(plan.decided), len(cands)
+    L, B = len(plan.decided), len(pairs)
     from .quant.layers import FIRST_LAST_RULES
 
     return {
@@ -39,7 +41,10 @@ def layers_report(session) -> Dict[str, Any]:
                        else "off: no layer is fixed for being first or last",
                        "globs": list(cfg.layers.fixed)},
         "candidates": cands,
-        "activation_bits": cfg.quant.activation_bits,
+        # the decided layers' one input width, or None when the options carry their own
+        "activation_bits": None if cfg.quant.act_options else pairs[0][1],
+        # every option of a decided layer: its weight width, or a w4a8-style pair (quant.options)
+        "options": [cfg.quant.option_label(w, a) for w, a in pairs],
         "fixed_precision": {"weight_bits": fixed_bits, "activation_bits": cfg.layers.fixed_activation_bits},
         "layers": layers,
         "counts": {"decided": L, "fixed": len(plan.fixed), "skipped": len(plan.skipped), "options": L * B},

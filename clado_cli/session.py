@@ -135,12 +135,23 @@ class Session:
                              f"classes (labels 0..{classes - 1}); set model.num_classes or use a matching model")
 
     @cached_property
-    def layer_macs(self) -> Dict[str, int]:
-        """MACs per sample of every decided and fixed layer at the data's input shape."""
-        from .quant.costs import layer_macs
+    def layer_costs(self):
+        """(MACs, input-activation elements) per sample of every decided and fixed layer at the
+        data's input shape, from one forward pass."""
+        from .quant.costs import layer_costs
 
         names = [l.name for l in self.plan.decided + self.plan.fixed]
-        return layer_macs(self.float_model, self.example_input, names)
+        return layer_costs(self.float_model, self.example_input, names)
+
+    @property
+    def layer_macs(self) -> Dict[str, int]:
+        """MACs per sample of every decided and fixed layer at the data's input shape."""
+        return self.layer_costs[0]
+
+    @property
+    def layer_act_elements(self) -> Dict[str, int]:
+        """Input-activation elements per sample of every decided and fixed layer (all calls)."""
+        return self.layer_costs[1]
 
     @cached_property
     def weights_hash(self) -> str:

@@ -198,3 +198,49 @@ def test_prep_optimize_records_each_layers_decided_pair(act_session):
         if macs is not None:
             assert d["costs"]["bops"]["decided"] == sum(macs[n] * v["w_bits"] * v["a_bits"]
                                                        for n, v in d["layers"].items())
+
+
+def test_mpqco_with_activation_widths_fast_equals_reference(act_session):
+    from clado_cli.prep.mpqco import mpqco_fast, mpqco_reference
+
+    s = act_session
+    x, y = s.sensitivity_batch(0)
+    model = s.float_model.requires_grad_(True)
+    fast = mpqco_fast(model, s.qmodel, x, y)["s"]
+    ref = mpqco_reference(model, s.qmodel, x, y)["s"]
+    assert fast.shape == (4, 4)
+    assert np.allclose(fast, ref, rtol=1e-4, atol=1e-12)
+    # the activation term enters: w4a4 and w4a8 share the weight term, not the sensitivity
+    assert np.all(fast[:, 1] != fast[:, 2])
+
+
+def test_hawq_refuses_activation_widths_in_one_line(act_session):
+    from clado_cli.errors import UsageError
+    from clado_cli.prep import run_prep
+
+    with pytest.raises(UsageError, match="HAWQ-V3 is not defined for options that differ in activation width") as e:
+        run_prep(act_session, "hawq", 0, 0, dry_run=True)
+    assert "\n" not in str(e.value)
+
+
+def test_activation_elements_are_measured_with_the_macs_and_give_option_bytes(act_session):
+    from clado_cli.methods import space_of
+    from clado_cli.prep import run_prep
+
+    s = act_session
+    run_prep(s, "clado", 0, 0)
+    elems = s.cache.load_act_elements()
+    assert elems == s.layer_act_elements and set(elems) == set(s.plan.decided_names + s.plan.fixed_names)
+    # an input of shape (C, H, W) per sample: the first decided layer reads the stem's output
+    x = s.example_input
+    seen = {}
+    h = s.float_model.get_submodule(s.plan.decided_names[0]).register_forward_pre_hook(
+        lambda m, inp: seen.update(n=inp[0][0].numel()))
+    with torch.no_grad():
+        s.float_model(x)
+    h.remove()
+    assert elems[s.plan.decided_names[0]] == seen["n"]
+    space = space_of(s.cache.manifest)
+    per_layer = [elems[n] for n in space.layer_names]
+    got = space.activation_bytes(per_layer).reshape(space.n_layers, -1)
+    assert np.array_equal(got, np.outer(per_layer, [8, 4, 8, 4]) / 8)

@@ -118,6 +118,10 @@ class Method:
         method with one engine)."""
         return (requested or cfg.prep.engine) if self.engines else None
 
+    def check_options(self, cfg) -> None:
+        """Refuse, with a one-line UsageError, option sets this method does not define (HAWQ-V3 and
+        activation widths); nothing by default."""
+
     def runner(self, session, engine: Optional[str]) -> Tuple[Any, Optional[str], Optional[str]]:
         """What every batch of one prep run reuses, built once: (state, engine, why the engine
         changed or None)."""
