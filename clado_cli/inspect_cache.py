@@ -1,5 +1,7 @@
 """`clado inspect`: per-layer sensitivities of each cached method, and the CLADO cross-layer
-interaction terms G[(l,b),(m,b)] between layers l≠m at one width b (the paper's Figure 1)."""
+interaction terms G[(l,b),(m,b)] between layers l≠m at one width b (the paper's Figure 1), or,
+with activation options, at one option pair (w4a8), or at two (`w4a8:w2a8`: rows at the first,
+columns at the second)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -11,16 +13,27 @@ from .methods import get_method, load_sensitivities, prep_method_names, space_of
 from .store import Cache
 
 
-def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+def _option_index(space, text: str) -> int:
+    labels = [space.label(k) for k in range(len(space.candidates))]
+    if text not in labels:
+        raise UsageError(f"bits {text}: not one of the options {', '.join(labels)}", params=("bits",))
+    return labels.index(text)
+
+
+def inspect(cache: Cache, bits=None, ks: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """`bits`: the option of the interaction heatmap, a width (4, or "4") or a pair label
+    ("w4a8"), or "A:B" for rows at option A and columns at option B (default: the first)."""
     space = space_of(cache.manifest)
     B = len(space.candidates)
-    bits = bits if bits is not None else space.candidates[0]
-    if bits not in space.candidates:
-        raise UsageError(f"bits {bits}: not one of the candidates {space.candidates}", params=("bits",))
-    k = space.candidates.index(bits)
+    parts = str(bits).split(":") if bits is not None else [space.label(0)]
+    if len(parts) > 2:
+        raise UsageError(f"bits {bits}: give one option or two as A:B", params=("bits",))
+    k, k2 = _option_index(space, parts[0]), _option_index(space, parts[-1])
+    shown = int(parts[0]) if space.act_bits is None and len(parts) == 1 else ":".join(parts)
     per_layer: Dict[str, Dict[str, List[float]]] = {}
     out: Dict[str, Any] = {"fingerprint": cache.fingerprint, "layers": space.layer_names,
-                           "candidates": space.candidates, "methods": {}}
+                           "candidates": space.candidates, "options": [space.label(i) for i in range(B)],
+                           "methods": {}}
     for method in prep_method_names():
         m = get_method(method)
         if not cache.batches(m.stored):
@@ -34,10 +47,10 @@ def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]
         if getattr(sens, "traces", None) is not None:
             out["methods"][method]["traces"] = sens.traces.tolist()
         if getattr(sens, "G", None) is not None:
-            idx = np.arange(space.n_layers) * B + k
-            inter = sens.G[np.ix_(idx, idx)].copy()
+            idx = np.arange(space.n_layers) * B
+            inter = sens.G[np.ix_(idx + k, idx + k2)].copy()
             np.fill_diagonal(inter, 0.0)
-            out["interaction"] = {"bits": bits, "matrix": inter.tolist(),
+            out["interaction"] = {"bits": shown, "matrix": inter.tolist(),
                                   "definition": "G[(l,b),(m,b)] = L(l,m) - L(l) - L(m) + L0, diagonal blanked"}
     if not out["methods"]:
         raise UsageError(f"cache {cache.fingerprint} holds no sensitivities yet (run clado prep)")
@@ -50,7 +63,8 @@ def write_csv(rep: Dict[str, Any], path) -> None:
 
     from .store import atomic_write
 
-    lines = ["method,layer," + ",".join(f"{b}bit" for b in rep["candidates"])]
+    heads = rep.get("options") or [str(b) for b in rep["candidates"]]
+    lines = ["method,layer," + ",".join(f"{b}bit" if b.isdigit() else b for b in heads)]
     for m, info in rep["methods"].items():
         for name, vals in zip(rep["layers"], info["per_layer"]):
             lines.append(f"{m},{name}," + ",".join(f"{v:.9g}" for v in vals))

@@ -244,3 +244,58 @@ def test_activation_elements_are_measured_with_the_macs_and_give_option_bytes(ac
     per_layer = [elems[n] for n in space.layer_names]
     got = space.activation_bytes(per_layer).reshape(space.n_layers, -1)
     assert np.array_equal(got, np.outer(per_layer, [8, 4, 8, 4]) / 8)
+
+
+def test_inspect_shows_each_option_pair(act_session, tmp_path):
+    from clado_cli.errors import UsageError
+    from clado_cli.inspect_cache import inspect, write_csv
+    from clado_cli.methods import get_method, load_sensitivities
+    from clado_cli.prep import run_prep
+
+    s = act_session
+    run_prep(s, "clado", 0, 0)
+    rep = inspect(s.cache, "w4a4:w8a4")
+    assert rep["options"] == ["w2a8", "w4a4", "w4a8", "w8a4"]
+    G = load_sensitivities(s.cache, get_method("clado")).G
+    M = np.array(rep["interaction"]["matrix"])
+    assert M[0, 2] == G[0 * 4 + 1, 2 * 4 + 3] and M[0, 0] == 0 and rep["interaction"]["bits"] == "w4a4:w8a4"
+    write_csv(rep, tmp_path / "s.csv")
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "method,layer,w2a8,w4a4,w4a8,w8a4"
+    with pytest.raises(UsageError, match="not one of the options w2a8, w4a4, w4a8, w8a4"):
+        inspect(s.cache, "4")
+
+
+def test_export_writes_each_layers_activation_width(act_session, tmp_path):
+    """ONNX QDQ inputs at each decided layer's own width (4-bit inputs in UINT4 behind a Clip,
+    8-bit in UINT8), run by ONNX Runtime with clado's numbers; the encodings record the widths."""
+    import json
+
+    import onnx
+
+    from clado_cli.export import export_decision
+    from tests.export.conftest import compare
+
+    s = act_session
+    d = _mixed_decision(s)
+    path = tmp_path / "act.onnx"
+    export_decision(s, d, "onnx", path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    inits = {t.name: t for t in model.graph.initializer}
+    qm = s.qmodel
+    for name, spec in d["layers"].items():
+        want = onnx.TensorProto.UINT4 if spec["a_bits"] <= 4 else onnx.TensorProto.UINT8
+        assert inits[f"{name}.input_zero_point"].data_type == want
+        scale = float(onnx.numpy_helper.to_array(inits[f"{name}.input_scale"]))
+        assert scale == pytest.approx(float(qm.qlayers[name].act_fq(spec["a_bits"]).scale), rel=1e-7)
+    assert {v["a_bits"] for v in d["layers"].values()} == {4, 8}
+    c = compare(s, d, path, s.data.eval.images[:200])
+    per_image = (c["ort"] - c["ref"]).abs().max(dim=1).values / float(c["ref"].abs().max())
+    assert float(per_image[~c["flipped"]].max()) <= 1e-4
+    enc = tmp_path / "act.encodings.json"
+    export_decision(s, d, "encodings", enc)
+    bits = {(q["layer"], q["tensor"]): q["bits"] for q in json.loads(enc.read_text())["quantizers"]}
+    for name, spec in d["layers"].items():
+        assert bits[(name, "input")] == spec["a_bits"] and bits[(name, "weight")] == spec["w_bits"]
+    widths = json.loads({p.key: p.value for p in model.metadata_props}["clado.widths"])
+    assert all(widths[n]["a_bits"] == spec["a_bits"] for n, spec in d["layers"].items())
