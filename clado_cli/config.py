@@ -317,9 +317,14 @@ class Config(_Section):
 
     def to_dict(self) -> Dict[str, Any]:
         d = self.model_dump(mode="json", exclude={"source"})
+        q = d["quant"]
         for key in ("options", "activation_candidates"):   # unset: as before these keys existed
-            if d["quant"][key] is None:
-                del d["quant"][key]
+            if q[key] is None:
+                del q[key]
+        # the keys they replace are left out, so that the dict loads back as a valid config
+        for key in ("weight_candidates", "activation_bits") if "options" in q else \
+                ("activation_bits",) if "activation_candidates" in q else ():
+            del q[key]
         return d
 
 

@@ -299,3 +299,24 @@ def test_export_writes_each_layers_activation_width(act_session, tmp_path):
         assert bits[(name, "input")] == spec["a_bits"] and bits[(name, "weight")] == spec["w_bits"]
     widths = json.loads({p.key: p.value for p in model.metadata_props}["clado.widths"])
     assert all(widths[n]["a_bits"] == spec["a_bits"] for n, spec in d["layers"].items())
+
+
+@pytest.mark.parametrize("extra", [{"quant.options": OPTIONS}, {"quant.activation_candidates": [4, 8]}])
+def test_a_config_with_options_round_trips_through_its_dict(extra):
+    from clado_cli.decisions import flatten
+
+    cfg = load_config(None, extra)
+    again = load_config(None, flatten(cfg.to_dict()))
+    assert again.quant.pairs() == cfg.quant.pairs() and again.quant.manifest_dump() == cfg.quant.manifest_dump()
+
+
+def test_measured_loss_increase_applies_each_pair(act_session):
+    from clado_cli.measure import loss_increases
+    from clado_cli.decisions import option_keys
+
+    s = act_session
+    d = _mixed_decision(s)
+    (got,) = loss_increases(s, [option_keys(d, True)], [0])
+    x, y = s.sensitivity_batch(0)
+    opts = [(n, (v["w_bits"], v["a_bits"])) for n, v in d["layers"].items()]
+    assert got["loss_increase"] == pytest.approx(_by_hand(s, opts, x, y) - _by_hand(s, [], x, y), abs=1e-5)
