@@ -35,7 +35,7 @@ def pareto_plot(rows: List[Dict[str, Any]], path: Path, title: str) -> Path:
         ax.scatter([r["sizes"]["total_bytes"] / 1e3 for r in uni], [100 * r["top1"] for r in uni], marker="x",
                    s=80, color="black", label="uniform", zorder=5)
         for r in uni:
-            ax.annotate(f"{r['bits']}-bit", (r["sizes"]["total_bytes"] / 1e3, 100 * r["top1"]),
+            ax.annotate(str(r.get("label", f"{r['bits']}-bit")).replace("uniform ", ""), (r["sizes"]["total_bytes"] / 1e3, 100 * r["top1"]),
                         textcoords="offset points", xytext=(4, -12), fontsize=8)
     flt = [r for r in rows if r["kind"] == "float"]
     if flt:
