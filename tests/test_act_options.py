@@ -320,3 +320,44 @@ def test_measured_loss_increase_applies_each_pair(act_session):
     x, y = s.sensitivity_batch(0)
     opts = [(n, (v["w_bits"], v["a_bits"])) for n, v in d["layers"].items()]
     assert got["loss_increase"] == pytest.approx(_by_hand(s, opts, x, y) - _by_hand(s, [], x, y), abs=1e-5)
+
+
+def test_mpqco_input_term_is_the_first_order_change_of_the_logit(act_session):
+    """Independent of the engines: the directional derivative of z_n along (ΔW of w bits, the
+    input's quantization error at a bits), by central differences on a float64 copy."""
+    from clado_cli.prep.mpqco import mpqco_fast
+
+    s = act_session
+    qm = s.qmodel
+    x, y = s.sensitivity_batch(0)
+    x, y = x[:4], y[:4]
+    fast = mpqco_fast(s.float_model.requires_grad_(True), qm, x, y)["s"]
+    l, k = 1, 1                                  # layer1.0.conv2 at w4a4
+    name = qm.decided[l].name
+    w, a = qm.pairs[k]
+    q = qm.qlayers[name]
+    # the input's quantization error on the float32 model (what the quantizer sees)
+    seen = {}
+    h = s.float_model.get_submodule(name).register_forward_pre_hook(lambda m, inp: seen.update(u=inp[0].detach()))
+    with torch.no_grad():
+        s.float_model(x)
+    h.remove()
+    du = (q.act_fq(a)(seen["u"]) - seen["u"]).double()
+    dw = (q.quantized_weight(w) - q.layer.weight.detach()).double()
+    model = copy.deepcopy(s.float_model).double().eval()
+    layer = model.get_submodule(name)
+    w0 = layer.weight.detach().clone()
+
+    def z(t):
+        with torch.no_grad():
+            layer.weight.copy_(w0 + t * dw)
+            hk = layer.register_forward_pre_hook(lambda m, inp: (inp[0] + t * du,))
+            try:
+                return model(x.double()).gather(1, y.reshape(-1, 1)).squeeze(1)
+            finally:
+                hk.remove()
+
+    eps = 1e-6
+    deriv = (z(eps) - z(-eps)) / (2 * eps)
+    want = float(((deriv / z(0.0)) ** 2).sum()) / (2 * len(y))
+    assert fast[l, k] == pytest.approx(want, rel=1e-3)
