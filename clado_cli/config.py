@@ -260,6 +260,37 @@ class LayersConfig(_Section):
     fixed: List[str] = Field(default_factory=list)
     fixed_weight_bits: int = Field(default=8, ge=2, le=16)
     fixed_activation_bits: int = Field(default=8, ge=2, le=16)
+    # Constraints of the program only (not of what prep measures: not in the cache fingerprint).
+    # tie: groups of layer-name globs; every decided layer a group matches takes one width
+    tie: List[List[str]] = Field(default_factory=list)
+    # also tie decided layers that read the same input tensor (a ResNet block's conv1 and its
+    # downsample conv: HAWQ-V3's ties), found by one forward pass of the example input
+    tie_shared_input: bool = False
+    # glob -> the candidate widths allowed for the decided layers it matches (a subset of
+    # quant.weight_candidates); a layer matched by several globs takes the last matching entry's
+    widths: Dict[str, List[int]] = Field(default_factory=dict)
+
+    @field_validator("tie")
+    @classmethod
+    def _tie(cls, v: List[List[str]]) -> List[List[str]]:
+        for i, group in enumerate(v):
+            if not group:
+                raise ValueError(f"[{i}] is empty: give one or more layer-name globs")
+            if any(not g.strip() for g in group):
+                raise ValueError(f"[{i}] holds an empty glob")
+        return v
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, v: Dict[str, List[int]]) -> Dict[str, List[int]]:
+        for glob, ws in v.items():
+            if not glob.strip():
+                raise ValueError("an empty glob")
+            if not ws:
+                raise ValueError(f"{glob!r}: allows no width (give one or more of quant.weight_candidates)")
+            if len(set(ws)) != len(ws):
+                raise ValueError(f"{glob!r}: widths must be distinct")
+        return v
 
 
 class PrepConfig(_Section):
@@ -289,6 +320,17 @@ class OptimizeConfig(_Section):
     time_limit: float = Field(default=120.0, gt=0)
     # budgets for `clado run`: sizes with units (4MB, 800KB) or average bits (avg:4.5)
     budgets: List[str] = Field(default_factory=list)
+    # bounds on other costs, for every decision: {bops: 1.5G, latency: 3.2, bops: rel:0.5}
+    bounds: Dict[str, str] = Field(default_factory=dict)
+    # user cost tables: name -> CSV file (layer,w_bits,value[,a_bits])
+    costs: Dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _bounds_text(cls, v):
+        if isinstance(v, dict):
+            return {k: (str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x) for k, x in v.items()}
+        return v
     # any registered method (clado_cli.methods); default: all of them
     methods: List[str] = Field(default_factory=lambda: method_names())
 
@@ -315,6 +357,16 @@ class Config(_Section):
     # where the config came from (not a key users set)
     source: Optional[str] = Field(default=None, exclude=True)
 
+    @model_validator(mode="after")
+    def _widths_are_candidates(self):
+        cands = self.quant.weight_candidates
+        for glob, ws in self.layers.widths.items():
+            bad = [b for b in ws if b not in cands]
+            if bad:
+                raise ValueError(f"layers.widths: {glob!r}: width {bad[0]} is not among quant.weight_candidates "
+                                 f"({', '.join(map(str, cands))})")
+        return self
+
     def to_dict(self) -> Dict[str, Any]:
         d = self.model_dump(mode="json", exclude={"source"})
         q = d["quant"]
@@ -336,6 +388,8 @@ def _format_validation_error(err: ValidationError, where: str, flags: Optional[M
         msg = "unknown key"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    if not e["loc"]:  # a check across sections: its message names the keys
+        return f"{where}: {msg}"
     if flags and key in flags:  # the bad value came from a command-line flag: name the flag
         return f"{flags[key]}: {msg} (config key {key})"
     return f"{where}: {key}: {msg}"

@@ -3,15 +3,20 @@ decision record (schema and files: clado_cli/decisions.py)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from . import __version__
 from .batchrange import check_batch_range
 from .decisions import SCHEMA_ID, bops_report, sizes_triple
-from .errors import InputError, UsageError
+from .budgets import CostModel, bound_list, budget_points, point_budget, size_specs_of
+from .errors import InputError, SolverError, UsageError
 from .methods import Sensitivities, SolveOptions, combine_checked, get_method, load_sensitivities, space_of
 from .optimize import Budget, check_budget, parse_budget_list, resolve_budget, resolve_budget_spec, solver_threads
+from .optimize.constraints import Constraints, Reduction, size_row
 from .store import Cache
 
 
@@ -22,9 +27,10 @@ def fixed_bytes_of(manifest: Dict[str, Any]) -> float:
 
 def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predicted: float,
                   psd: Optional[str], config: Dict[str, Any],
-                  macs: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+                  macs: Optional[Dict[str, int]] = None, plan: Optional["Plan"] = None) -> Dict[str, Any]:
     """The decision record. `macs`: the layers' MAC counts (the cache's layer_costs.json), for
-    the MACs and BOPs in `costs`; None when prep has not measured them."""
+    the MACs and BOPs in `costs`; None when prep has not measured them. `plan`: the costs,
+    ties and per-layer widths the program was solved under (every cost is reported)."""
     m = cache.manifest
     method = get_method(sens.method)
     fw, fa = m["layers"]["fixed_weight_bits"], m["layers"]["fixed_activation_bits"]
@@ -38,6 +44,11 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
     if not res.optimal:
         gap = f"true gap {res.gap_percent:.3g}%" if getattr(res, "gap_percent", None) is not None else "no bound"
         warnings.append(f"solver stopped with status {res.status} ({gap}): the decision is not proven optimal")
+    costs = bops_report(macs, bits, a_bits, fixed, fw, fa) if macs is not None else {"bops": None, "macs": None}
+    extra: Dict[str, Any] = {}
+    if plan is not None:
+        costs["decided"] = plan.costs.report(res.choice)
+        extra = plan.record()
     return {
         "schema": SCHEMA_ID,
         "method": sens.method,
@@ -46,7 +57,9 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
         "layers": {name: {"w_bits": b, "a_bits": a_bits[name]} for name, b in bits.items()},
         "fixed_layers": {name: {"w_bits": fw, "a_bits": fa} for name in fixed},
         "sizes": sizes_triple(sens.space.size_of(res.choice), fixed_bytes_of(m)),
-        "costs": bops_report(macs, bits, a_bits, fixed, fw, fa) if macs is not None else {"bops": None, "macs": None},
+        "costs": costs,
+        "constraints": getattr(res, "constraints", None) or [],
+        **extra,
         "predicted_loss_increase": predicted,
         "solver": res.to_dict(),
         "warnings": warnings,
@@ -62,13 +75,19 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
 def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd: str = "exact",
            solver: str = "auto", time_limit: float = 120.0, ks: Optional[Sequence[int]] = None,
            config: Optional[Dict[str, Any]] = None, on_result=None,
-           threads: Optional[int] = None) -> List[Dict[str, Any]]:
+           threads: Optional[int] = None, plan: Optional["Plan"] = None) -> List[Dict[str, Any]]:
     """Every (method, budget) decision; each cache directory's batches are read once (clado and
-    naive share CLADO's). Every budget is checked for feasibility before anything is solved."""
+    naive share CLADO's). Every budget is checked for feasibility before anything is solved.
+    `plan` (resolve_plan): the other costs' bounds per budget, ties and per-layer widths; its
+    budgets replace `budgets`."""
     chosen = [get_method(m) for m in methods]
     space = space_of(cache.manifest)
-    for b in budgets:
-        check_budget(space, b.bytes)
+    points = plan.points if plan is not None else [(b, None) for b in budgets]
+    for b, cons in points:
+        if b.bytes is not None:
+            check_budget(space, b.bytes)
+        if cons is not None:
+            Reduction(space, cons if b.bytes is None else cons.with_row(size_row(space, b.bytes, b.given))).check()
     opts = SolveOptions(psd=psd, solver=solver, time_limit=time_limit, threads=threads)
     out = []
     loaded: Dict[str, Any] = {}
@@ -78,14 +97,112 @@ def decide(cache: Cache, methods: Sequence[str], budgets: Sequence[Budget], psd:
         if src not in loaded:
             loaded[src] = combine_checked(cache, get_method(src), ks)
         sens = load_sensitivities(cache, method, ks, combined=loaded[src])
-        for budget in budgets:
+        for budget, cons in points:
             with solver_threads(opts.threads):
-                res, predicted = method.solve(sens, budget, opts)
-            d = make_decision(cache, sens, budget, res, predicted, psd, config or {}, macs)
+                res, predicted = method.solve(sens, budget, replace(opts, constraints=cons))
+            if cons is not None and not cons.admits(space, res.choice):
+                raise SolverError(f"method {method.name} returned a choice that breaks the budgets, ties or widths "
+                                  f"it was given; its solve() must pass SolveOptions.constraints to the solver")
+            d = make_decision(cache, sens, budget, res, predicted, psd, config or {}, macs, plan)
             out.append(d)
             if on_result:
                 on_result(d)
     return out
+
+
+@dataclass
+class Plan:
+    """What the programs are solved under besides the one-hot rows: each budget point (its
+    Budget and the constraints besides the size), the costs, the ties and per-layer widths."""
+
+    points: List[Tuple[Budget, Constraints]]
+    costs: CostModel
+    ties: List[List[str]] = field(default_factory=list)
+    allowed: Dict[str, List[int]] = field(default_factory=dict)  # restricted layers only
+    tables: Dict[str, str] = field(default_factory=dict)  # user cost name -> file (sha256 in record)
+    table_sha256: Dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        if self.ties or self.allowed:
+            out["restrictions"] = {"ties": self.ties, "widths": self.allowed}
+        if self.tables:
+            out["cost_tables"] = {n: {"file": self.tables[n], "sha256": self.table_sha256[n]} for n in self.tables}
+        return out
+
+
+def resolve_plan(cache: Cache, layers_cfg, size_budget: Optional[str] = None, avg_bits: Optional[float] = None,
+                 budgets: Optional[str] = None, bops_budget: Optional[str] = None,
+                 others: Sequence[str] = (), cost_files: Sequence[str] = (),
+                 config_budgets: Optional[Dict[str, str]] = None, config_costs: Optional[Dict[str, str]] = None,
+                 shared_inputs=None, size_specs: Optional[List[str]] = None,
+                 macs: Optional[Dict[str, int]] = None) -> Plan:
+    """Budget points from the size options, --bops-budget, --budget NAME=VALUE (and the config's
+    optimize.bounds, optimize.costs), with `layers_cfg`'s ties and widths. `shared_inputs`: a
+    callable giving the decided layers' shared-input groups (needed for tie_shared_input);
+    `size_specs`: the size bounds already as a list (instead of the three size options); `macs`:
+    the layers' MACs when the cache has none yet (before prep)."""
+    m = cache.manifest
+    return plan_for_space(space_of(m), layers_cfg, size_budget, avg_bits, budgets, bops_budget, others, cost_files,
+                          config_budgets, config_costs, shared_inputs, size_specs, cache.load_layer_costs() or macs,
+                          m["quant"].get("activation_bits", 8), [n for n, _ in m["layers"]["fixed"]])
+
+
+def plan_for_space(space, layers_cfg, size_budget: Optional[str] = None, avg_bits: Optional[float] = None,
+                   budgets: Optional[str] = None, bops_budget: Optional[str] = None,
+                   others: Sequence[str] = (), cost_files: Sequence[str] = (),
+                   config_budgets: Optional[Dict[str, str]] = None, config_costs: Optional[Dict[str, str]] = None,
+                   shared_inputs=None, size_specs: Optional[List[str]] = None,
+                   macs: Optional[Dict[str, int]] = None, a_bits: int = 8, fixed_names: Sequence[str] = ()) -> Plan:
+    """resolve_plan on an option space (a cache's, or a sensitivities file's: no MACs there, so
+    no bops)."""
+    from .layer_constraints import allowed_mask, resolve_ties, resolve_widths, tie_widths
+    from .usercosts import parse_cost_options, read_cost_table
+    from .store.files import sha256_bytes
+
+    names = space.layer_names
+    shared = []
+    if layers_cfg is not None and layers_cfg.tie_shared_input:
+        if shared_inputs is None:
+            raise UsageError("layers.tie_shared_input needs the model: give --config or --model with the cache")
+        shared = shared_inputs()
+    ties = resolve_ties(names, layers_cfg.tie if layers_cfg is not None else [], shared)
+    widths = resolve_widths(names, space.candidates, layers_cfg.widths if layers_cfg is not None else {})
+    allowed = tie_widths(names, widths, ties)
+    mask = np.asarray(allowed_mask(allowed, space.candidates), dtype=bool).ravel()
+    base = Constraints([], None if mask.all() else mask, ties)
+    tables, files, shas = {}, {}, {}
+    pairs = [(n, p) for n, p in (config_costs or {}).items()] + parse_cost_options(list(cost_files))
+    for name, path in pairs:
+        t = read_cost_table(path, name, names, space.candidates, a_bits=space.act_bits or a_bits,
+                            fixed_names=list(fixed_names))
+        tables[name], files[name], shas[name] = t.values, str(path), sha256_bytes(Path(path).read_bytes())
+    costs = CostModel.build(space, macs, a_bits, tables)
+    bounds: Dict[str, List[str]] = {}
+    for name, value in (config_budgets or {}).items():
+        bounds[name] = bound_list(name, str(value))
+    if bops_budget is not None:
+        bounds["bops"] = bound_list("bops", bops_budget)
+    for text in others:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip():
+            raise UsageError(f"budget {text!r}: give NAME=VALUE, e.g. latency=3.2 or bops=rel:0.5", params=("budget",))
+        if name == "size":
+            raise UsageError("the size is bounded with --size-budget (or --budgets, --avg-bits), not NAME=VALUE", params=("budget",))
+        bounds[name] = bound_list(name, value)
+    for name in bounds:
+        if name not in costs.values:
+            costs.row(name, "0", Reduction(space, base))  # the unknown-cost error, naming what exists
+    if size_specs is None:
+        size_specs = size_specs_of(size_budget, avg_bits, budgets)
+    points = [point_budget(p, space, costs, base) for p in budget_points(size_specs, bounds)]
+    for b, cons in points:  # each bound alone within reach of the admitted choices, before any log or solve
+        if b.bytes is not None:
+            check_budget(space, b.bytes)
+        Reduction(space, cons if b.bytes is None else cons.with_row(size_row(space, b.bytes, b.given))).check()
+    restricted = {names[l]: a for l, a in enumerate(allowed) if a != sorted(set(space.candidates))}
+    return Plan(points, costs, [[names[l] for l in g] for g in ties], restricted, files, shas)
 
 
 def cached_methods(cache: Cache) -> List[str]:

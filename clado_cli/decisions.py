@@ -117,11 +117,16 @@ def config_of_decision(d: Mapping[str, Any], overrides: Optional[Mapping[str, An
     A decision is a file people share, so opening one must never run code or write where the
     user did not choose: a model given as a factory (`file.py:fn`, `pkg.mod:fn`) is refused
     unless the user names that model in `overrides["model.name"]`, and the cache directory is
-    the user's (`overrides["cache_dir"]` or the default), never the file's."""
+    the user's (`overrides["cache_dir"]` or the default), never the file's. A decision solved on
+    sensitivities from a file names no model: the user names it."""
     from .config import Config, load_config
     from .errors import UsageError
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    src = d.get("sensitivities") or {}
+    if src.get("source") == "file" and "model.name" not in overrides:
+        raise UsageError(f"{where} was solved on sensitivities from the file {src.get('file')} and names no "
+                         f"network: pass model or a config", params=("model",))
     flat = flatten(d["config"])
     for key in UNTRUSTED_KEYS:
         flat.pop(key, None)

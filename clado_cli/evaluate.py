@@ -61,7 +61,10 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
         missing = [n for n in decided if n not in names]
         what = f"unknown layer {unknown[0]!r}" if unknown else f"no bits for layer {missing[0]!r}"
         raise InputError(f"{where} does not fit model {session.cfg.model.name}: {what}")
-    if fp != session.fingerprint:
+    # solved on sensitivities from a file (no fingerprint): its weight widths on this set-up, whose
+    # activation and fixed-layer widths apply
+    from_file = fp is None
+    if not from_file and fp != session.fingerprint:
         raise InputError(f"{where} was made for another model or config (cache fingerprint {fp}, "
                          f"this config's is {session.fingerprint})")
     cfg = session.cfg
@@ -70,12 +73,17 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
     for name, spec in decision["layers"].items():
         if spec["w_bits"] not in cands:
             raise InputError(f"{where}: layer {name} has w_bits {spec['w_bits']}, not one of the candidates {cands}")
-        if not cfg.quant.act_options and spec["a_bits"] != pairs[0][1]:
+        if not from_file and not cfg.quant.act_options and spec["a_bits"] != pairs[0][1]:
             raise InputError(f"{where}: layer {name} has a_bits {spec['a_bits']}, but its input activations are "
                              f"quantized at {pairs[0][1]} bits in this set-up")
-        if (spec["w_bits"], spec["a_bits"]) not in pairs:
+        if not from_file and (spec["w_bits"], spec["a_bits"]) not in pairs:
             raise InputError(f"{where}: layer {name} has w_bits/a_bits {spec['w_bits']}/{spec['a_bits']}, not one of "
                              f"the options {[list(p) for p in pairs]}")
+    if from_file:
+        if cfg.quant.act_options:
+            raise InputError(f"{where} was solved on sensitivity files, which carry no activation widths, but this "
+                             f"set-up's options differ in activation width (quant.options)")
+        return
     fixed = {l.name for l in session.plan.fixed}
     if set(decision["fixed_layers"]) != fixed:
         odd = sorted(set(decision["fixed_layers"]) ^ fixed)
@@ -153,6 +161,8 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
     return {"kind": "decision", "method": decision["method"], "budget": decision["budget"],
             "label": decision_label(decision),
             **metrics, "sizes": sizes_for(session, bits), "bops": bops_for(session, bits),
+            "costs": {"decided": dict((decision.get("costs") or {}).get("decided") or {})},
+            "constraints": decision.get("constraints") or [],
             "predicted_loss_increase": decision.get("predicted_loss_increase"),
             "measured_loss_increase": (decision.get("measured") or {}).get("sensitivity", {}).get("loss_increase"),
             "held_out_loss_increase": ((decision.get("measured") or {}).get("held_out") or {}).get("loss_increase"),

@@ -1,7 +1,8 @@
 """`clado inspect`: per-layer sensitivities of each cached method, and the CLADO cross-layer
 interaction terms G[(l,b),(m,b)] between layers l≠m at one width b (the paper's Figure 1), or,
 with activation options, at one option pair (w4a8), or at two (`w4a8:w2a8`: rows at the first,
-columns at the second)."""
+columns at the second); as CSV files that `clado optimize --sensitivities/--pairs` reads back
+(clado_cli/sensfile.py; weight widths only: a set-up with activation options has no CSV form)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -20,9 +21,10 @@ def _option_index(space, text: str) -> int:
     return labels.index(text)
 
 
-def inspect(cache: Cache, bits=None, ks: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-    """`bits`: the option of the interaction heatmap, a width (4, or "4") or a pair label
-    ("w4a8"), or "A:B" for rows at option A and columns at option B (default: the first)."""
+def inspect(cache: Cache, bits=None, ks: Optional[Sequence[int]] = None, pairs_csv=None) -> Dict[str, Any]:
+    """The report. `bits`: the option of the interaction heatmap, a width (4, or "4") or a pair
+    label ("w4a8"), or "A:B" for rows at option A and columns at option B (default: the first);
+    `pairs_csv`: also write CLADO's pair terms there (`write_pairs_csv`)."""
     space = space_of(cache.manifest)
     B = len(space.candidates)
     parts = str(bits).split(":") if bits is not None else [space.label(0)]
@@ -32,7 +34,8 @@ def inspect(cache: Cache, bits=None, ks: Optional[Sequence[int]] = None) -> Dict
     shown = int(parts[0]) if space.act_bits is None and len(parts) == 1 else ":".join(parts)
     per_layer: Dict[str, Dict[str, List[float]]] = {}
     out: Dict[str, Any] = {"fingerprint": cache.fingerprint, "layers": space.layer_names,
-                           "candidates": space.candidates, "options": [space.label(i) for i in range(B)],
+                           "numel": space.numel, "candidates": space.candidates,
+                           "act_bits": space.act_bits, "options": [space.label(i) for i in range(B)],
                            "methods": {}}
     for method in prep_method_names():
         m = get_method(method)
@@ -52,23 +55,47 @@ def inspect(cache: Cache, bits=None, ks: Optional[Sequence[int]] = None) -> Dict
             np.fill_diagonal(inter, 0.0)
             out["interaction"] = {"bits": shown, "matrix": inter.tolist(),
                                   "definition": "G[(l,b),(m,b)] = L(l,m) - L(l) - L(m) + L0, diagonal blanked"}
+            if pairs_csv is not None:
+                write_pairs_csv(space, sens.Ltilde, pairs_csv)
+                out["pairs_csv"] = str(pairs_csv)
     if not out["methods"]:
         raise UsageError(f"cache {cache.fingerprint} holds no sensitivities yet (run clado prep)")
+    if pairs_csv is not None and "pairs_csv" not in out:
+        raise UsageError(f"cache {cache.fingerprint} holds no CLADO sensitivities, so no pair terms to write "
+                         f"(run clado prep clado)", params=("pairs_csv",))
     return out
 
 
 def write_csv(rep: Dict[str, Any], path) -> None:
-    """The per-layer sensitivities of `inspect`'s report as CSV: method,layer,<b>bit..."""
+    """The per-option sensitivities of `inspect`'s report as CSV, one row per method, layer and
+    width: method,layer,numel,bits,value (clado_cli/sensfile.py; `clado optimize --sensitivities`
+    reads it back exactly)."""
     from pathlib import Path
 
+    from .optimize import OptionSpace
+    from .sensfile import COLUMNS, csv_bytes, option_rows
     from .store import atomic_write
 
-    heads = rep.get("options") or [str(b) for b in rep["candidates"]]
-    lines = ["method,layer," + ",".join(f"{b}bit" if b.isdigit() else b for b in heads)]
-    for m, info in rep["methods"].items():
-        for name, vals in zip(rep["layers"], info["per_layer"]):
-            lines.append(f"{m},{name}," + ",".join(f"{v:.9g}" for v in vals))
-    atomic_write(Path(path), ("\n".join(lines) + "\n").encode())
+    if rep.get("act_bits") is not None:
+        raise UsageError("--csv: the sensitivities file format has weight widths only, and this cache's options "
+                         "differ in activation width", params=("csv",))
+    space = OptionSpace(rep["layers"], rep["candidates"], rep["numel"])
+    rows = [r for m, info in rep["methods"].items() for r in option_rows(m, space, info["per_layer"])]
+    atomic_write(Path(path), csv_bytes(COLUMNS, rows))
+
+
+def write_pairs_csv(space, Ltilde, path) -> None:
+    """CLADO's pair terms as CSV: layer_a,bits_a,layer_b,bits_b,value (the measured Ltilde of
+    every ordered pair of options of different layers)."""
+    from pathlib import Path
+
+    from .sensfile import PAIR_COLUMNS, csv_bytes, pair_rows
+    from .store import atomic_write
+
+    if space.act_bits is not None:
+        raise UsageError("--csv-pairs: the pairs file format has weight widths only, and this cache's options "
+                         "differ in activation width", params=("pairs_csv",))
+    atomic_write(Path(path), csv_bytes(PAIR_COLUMNS, pair_rows(space, Ltilde)))
 
 
 def cache_listing(cache_dir) -> List[Dict[str, Any]]:

@@ -9,13 +9,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .console import log, warn
 from .errors import EnvironmentProblem, UsageError
-from .optimize import check_budget, resolve_budget_spec
+from .optimize import check_budget
 
 
 def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None,
                  methods: Optional[Sequence[str]] = None, uniform: Optional[Sequence[int]] = None,
-                 export_dir: Optional[Path] = None) -> Dict[str, Any]:
-    from .decide import decide
+                 export_dir: Optional[Path] = None, x: str = "size") -> Dict[str, Any]:
+    from .decide import decide, resolve_plan
     from .decisions import decision_file_name, write_decisions
     from .evaluate import evaluate_decision, evaluate_uniform
     from .jsonio import write_json
@@ -34,13 +34,16 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     for m in methods:
         get_method(m)  # an unknown name is a usage error before any work
     budget_specs = list(budgets or cfg.optimize.budgets)
-    if not budget_specs:
-        raise UsageError("no budgets: set optimize.budgets in the config or pass budgets", params=("budgets",))
-    numel = sum(l.numel for l in session.plan.decided)
-    resolved = [resolve_budget_spec(b, numel) for b in budget_specs]
+    if not budget_specs and not cfg.optimize.bounds:
+        raise UsageError("no budgets: set optimize.budgets (or optimize.bounds) in the config or pass budgets", params=("budgets",))
     space = space_of(session.manifest)
+    plan = resolve_plan(session.cache, cfg.layers, config_budgets=cfg.optimize.bounds, config_costs=cfg.optimize.costs,
+                        shared_inputs=lambda: _shared_inputs(session), size_specs=budget_specs or None,
+                        macs=session.layer_macs)
+    resolved = [b for b, _ in plan.points]
     for b in resolved:
-        check_budget(space, b.bytes)  # an infeasible budget fails before any prep
+        if b.bytes is not None:
+            check_budget(space, b.bytes)  # an infeasible budget fails before any prep
     preps = {}
     for source in dict.fromkeys(get_method(m).source for m in methods):
         log(f"prep {source}: batches {cfg.data.sb}..{cfg.data.eb}")
@@ -48,7 +51,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     ks = list(range(cfg.data.sb, cfg.data.eb + 1))
     log(f"optimize {', '.join(methods)} for {len(resolved)} budget(s)")
     decisions = decide(session.cache, methods, resolved, cfg.optimize.psd, cfg.optimize.solver,
-                       cfg.optimize.time_limit, ks=ks, config=cfg.to_dict(), threads=cfg.threads)
+                       cfg.optimize.time_limit, ks=ks, config=cfg.to_dict(), threads=cfg.threads, plan=plan)
     rows: List[Dict[str, Any]] = []
     log("evaluate float and uniform baselines")
     rows += evaluate_uniform(session, uniform if uniform is not None else cfg.quant.weight_widths())
@@ -65,7 +68,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
         warn(f"overlapping splits: {splits['sensitivity_calibration_overlap']} sensitivity images are also "
              f"calibration images; evaluation on {splits['evaluation']}")
     plot = pareto_plot(rows, out_dir / "pareto.png",
-                       f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs size ({len(ks)} sensitivity batch(es))")
+                       f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs {x} ({len(ks)} sensitivity batch(es))", x=x)
     results = {"clado_version": __version__, "fingerprint": session.fingerprint, "config": cfg.to_dict(),
                "prep": preps, "splits": splits, "results": rows, "comparisons": comparisons, "plot": str(plot), "seconds": round(time.time() - t0, 2)}
     if export_dir is not None:   # every decision as ONNX (QDQ) and encodings (docs/export.md)
@@ -75,3 +78,9 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
         results["exports"] = export_all(session, decisions, export_dir)
     write_json(out_dir / "results.json", results)
     return results
+
+
+def _shared_inputs(session):
+    from .quant.ties import shared_input_groups
+
+    return shared_input_groups(session.float_model, session.plan.decided_names, session.example_input)

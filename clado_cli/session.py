@@ -135,6 +135,17 @@ class Session:
                              f"classes (labels 0..{classes - 1}); set model.num_classes or use a matching model")
 
     @cached_property
+    def constraints(self):
+        """The program's tie groups and allowed widths over the decided layers (layers.tie,
+        layers.tie_shared_input, layers.widths; clado_cli.quant.ties.LayerConstraints). Not part
+        of the manifest: they restrict the program, not what prep measures."""
+        from .quant.ties import layer_constraints
+
+        c = self.cfg
+        return layer_constraints(self.float_model, self.plan.decided_names, c.layers, c.quant.weight_widths(),
+                                 self.example_input)
+
+    @cached_property
     def layer_costs(self):
         """(MACs, input-activation elements) per sample of every decided and fixed layer at the
         data's input shape, from one forward pass."""

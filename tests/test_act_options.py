@@ -259,8 +259,12 @@ def test_inspect_shows_each_option_pair(act_session, tmp_path):
     G = load_sensitivities(s.cache, get_method("clado")).G
     M = np.array(rep["interaction"]["matrix"])
     assert M[0, 2] == G[0 * 4 + 1, 2 * 4 + 3] and M[0, 0] == 0 and rep["interaction"]["bits"] == "w4a4:w8a4"
-    write_csv(rep, tmp_path / "s.csv")
-    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "method,layer,w2a8,w4a4,w4a8,w8a4"
+    # the sensitivity-file formats have weight widths only: refused, in one line
+    with pytest.raises(UsageError, match="differ in activation width"):
+        write_csv(rep, tmp_path / "s.csv")
+    with pytest.raises(UsageError, match="differ in activation width"):
+        inspect(s.cache, "w4a4", pairs_csv=tmp_path / "p.csv")
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "p.csv").exists()
     with pytest.raises(UsageError, match="not one of the options w2a8, w4a4, w4a8, w8a4"):
         inspect(s.cache, "4")
 

@@ -32,6 +32,8 @@ NormalizeOpt = typer.Option(None, "--normalize", help="File-backed data: mean_st
                                                        "are); default: the model's own preprocessing.")
 InputSizeOpt = typer.Option(None, "--input-size", help="File-backed data: side of the square model input "
                                                         "(default: the model's own preprocessing).")
+CostOpt = typer.Option(None, "--cost", help="A user cost table NAME=FILE (CSV with a header: layer,w_bits,value, "
+                                              "optionally a_bits); repeatable, one per name.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No logs or progress on stderr.")
 

@@ -16,12 +16,17 @@ def inspect(config: Optional[Path] = ConfigOpt,
             bits: Optional[str] = typer.Option(None, "--bits", help="Option for the interaction heatmap: a width (4), a pair "
                                                "with activation options (w4a8), or two as w4a8:w2a8 (default: the first)."),
             heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the CLADO interaction heatmap PNG here."),
-            csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-layer sensitivities as CSV here."),
+            csv: Optional[Path] = typer.Option(None, "--csv", help="Write every method's per-option sensitivities as CSV "
+                                               "here (method,layer,numel,bits,value), for optimize --sensitivities."),
+            csv_pairs: Optional[Path] = typer.Option(None, "--csv-pairs", help="Write CLADO's pair terms as CSV here "
+                                                     "(layer_a,bits_a,layer_b,bits_b,value), for optimize --pairs."),
             model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,
             cache_dir: Optional[str] = CacheDirOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt):
     """Per-layer sensitivities of each cached method, and the CLADO cross-layer interaction heatmap.
 
     Example: clado inspect --config configs/demo.yaml --heatmap runs/demo/interactions.png --csv sens.csv
+
+    Example: clado inspect --config configs/demo.yaml --csv sens.csv --csv-pairs pairs.csv
     """
     from ..decide import open_cache
     from ..inspect_cache import inspect as inspect_lib, write_csv
@@ -29,7 +34,7 @@ def inspect(config: Optional[Path] = ConfigOpt,
 
     cfg = load(config, quiet, model=model, weights=weights, data=data, cache_dir=cache_dir)
     c = open_cache(cache, lambda: session_for(cfg))
-    rep = inspect_lib(c, bits)
+    rep = inspect_lib(c, bits, pairs_csv=csv_pairs)
     if heatmap is not None:
         if "interaction" not in rep:
             from ..errors import UsageError

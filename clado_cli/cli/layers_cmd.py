@@ -1,17 +1,18 @@
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from rich.table import Table
 
 from ..console import out
-from .common import (ConfigOpt, DataOpt, DeviceOpt, InputSizeOpt, JsonOpt, ModelOpt, NormalizeOpt, QuietOpt, ThreadsOpt,
-                     WeightsOpt, boundary, load, print_json, session_for)
+from .common import (ConfigOpt, CostOpt, DataOpt, DeviceOpt, InputSizeOpt, JsonOpt, ModelOpt, NormalizeOpt, QuietOpt,
+                     ThreadsOpt, WeightsOpt, boundary, load, print_json, session_for)
 
 
 @boundary
 def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
            data: Optional[str] = DataOpt, normalize: Optional[str] = NormalizeOpt,
            input_size: Optional[int] = InputSizeOpt, device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+           cost: Optional[List[str]] = CostOpt,
            as_json: bool = JsonOpt, quiet: bool = QuietOpt):
     """List decided, fixed and skipped layers with sizes per candidate width, uniform model
     sizes, and the cost of one CLADO prep batch.
@@ -23,13 +24,19 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
 
     cfg = load(config, quiet, model=model, weights=weights, data=data, device=device, threads=threads,
                normalize=normalize, input_size=input_size)
-    rep = layers_report(session_for(cfg))
+    from ..usercosts import parse_cost_options
+
+    costs = parse_cost_options(cost or [])
+    rep = layers_report(session_for(cfg), costs)
     if as_json:
         print_json(rep)
         return
     cands = rep["candidates"]
+    cons = rep["constraints"]
+    # the widths and tie columns appear only when some layer is restricted or tied
+    extra = (["widths"] if cons["restricted"] else []) + (["tie"] if cons["ties"] else [])
     t = Table(title=f"{rep['model']} on {rep['data']}: layers")
-    for col in ["#", "layer", "type", "role", "params", "MACs", *[f"{b}-bit" for b in cands], "note"]:
+    for col in ["#", "layer", "type", "role", "params", "MACs", *[f"{b}-bit" for b in cands], *extra, "note"]:
         # layer names are never cut: they wrap (fold) at narrow widths; numbers stay on one line
         t.add_column(col, justify="right" if col not in ("layer", "type", "role", "note") else "left",
                      overflow="fold" if col in ("layer", "note") else "ellipsis",
@@ -38,8 +45,23 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
         sizes = [format_bytes(l["bytes"][str(b)]) if l.get("bytes") and str(b) in l["bytes"] else "" for b in cands]
         note = l["reason"] + (f" groups={l['groups']}" if l.get("groups", 1) > 1 else "")
         macs = f"{l['macs']:,}" if "macs" in l else ""
-        t.add_row(str(i), l["name"], l["kind"], l["role"], f"{l['numel']:,}", macs, *sizes, note)
+        more = []
+        if "widths" in extra:
+            allowed = l.get("allowed_widths")
+            more.append(",".join(map(str, allowed)) if allowed is not None and len(allowed) < len(cands) else "")
+        if "tie" in extra:
+            more.append(str(l["tie"]) if l.get("tie") is not None else "")
+        t.add_row(str(i), l["name"], l["kind"], l["role"], f"{l['numel']:,}", macs, *sizes, *more, note)
     out.print(t)
+    if cons["restricted"]:
+        out.print("widths: the widths the program may give a layer (those of the last layers.widths entry that "
+                  "matches it; a tied layer only those its whole group allows); blank: every candidate")
+    if cons["ties"]:
+        out.print("tie groups (every layer of a group takes one width):")
+        for g in cons["ties"]:
+            out.print(f"  {g['group']}: {', '.join(g['layers'])} ({', '.join(g['sources'])})", soft_wrap=True)
+    for note in cons["notes"]:
+        out.print(f"note: {note}")
     fr = rep["fixed_rule"]
     out.print(f"fixed layers: first and last by {fr['first_last_by']} ({fr['rule']})"
               + (f"; layers.fixed: {', '.join(fr['globs'])}" if fr["globs"] else "")
@@ -66,6 +88,10 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
     out.print(f"options per decided layer ({len(rep['options'])}): " + ", ".join(
         o if "a" in o else f"{o}-bit" for o in rep["options"])
         + (f"; inputs at {rep['activation_bits']} bits" if rep["activation_bits"] is not None else ""))
+    for name, ct in rep["costs"].items():
+        out.print(f"cost {name} ({ct['file']}), decided layers at one width: "
+                  + ", ".join(f"{b}-bit {v:.6g}" if b.isdigit() else f"{b} {v:.6g}" for b, v in ct["uniform"].items()),
+                  soft_wrap=True)
     c = rep["clado_prep_per_batch"]
     out.print(f"{rep['counts']['decided']} decided, {rep['counts']['fixed']} fixed, {rep['counts']['skipped']} skipped; "
               f"CLADO prep: {c['forward_passes']:,} forward passes per batch ({c['singles']} singles, {c['pairs']:,} pairs)")

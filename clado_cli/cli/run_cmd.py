@@ -20,12 +20,15 @@ def run(config: Optional[Path] = ConfigOpt,
         device: Optional[str] = DeviceOpt, threads: Optional[int] = ThreadsOpt, cache_dir: Optional[str] = CacheDirOpt,
         export_dir: Optional[Path] = typer.Option(None, "--export", help="Also export every decision here as ONNX "
                                                   "(QDQ) and encodings JSON (see clado export)."),
+        x: str = typer.Option("size", "--x", help="The Pareto plot's x axis: size, bops, or a user cost's name (optimize.costs)."),
         as_json: bool = JsonOpt, quiet: bool = QuietOpt):
     """The whole pipeline from one config: prep (reusing caches), optimize over the budgets,
     evaluate every decision beside the uniform baselines and float, write results.json and pareto.png.
 
     Example: clado run --config configs/demo.yaml --out-dir runs/demo
     """
+    from ..budgets import bound_list
+    from ..errors import UsageError
     from ..optimize import parse_budget_list
     from ..pipeline import run_pipeline
     from .evaluate_cmd import results_table
@@ -33,9 +36,12 @@ def run(config: Optional[Path] = ConfigOpt,
     cfg = load(config, quiet, sb=sb, eb=eb, model=model, weights=weights, data=data, device=device,
                normalize=normalize, input_size=input_size,
                threads=threads, cache_dir=cache_dir)
-    budget_list = parse_budget_list(budgets) if budgets else None
+    budget_list = (bound_list("size", budgets) if budgets.strip().lower().startswith("rel:") else parse_budget_list(budgets)) if budgets else None
+    if x not in ("size", "bops") and x not in cfg.optimize.costs:
+        raise UsageError(f"--x {x!r}: not a cost here; one of size, bops{''.join(', ' + n for n in cfg.optimize.costs)}",
+                         params=("x",))
     method_list = [m.strip() for m in methods.split(",")] if methods else None
-    res = run_pipeline(session_for(cfg), out_dir, budget_list, method_list, export_dir=export_dir)
+    res = run_pipeline(session_for(cfg), out_dir, budget_list, method_list, export_dir=export_dir, x=x)
     if as_json:
         print_json(res)
         return

@@ -69,7 +69,8 @@ def metadata(specs: List[QuantizerSpec], decision: Mapping[str, Any]) -> Dict[st
         "clado.version": __version__,
         "clado.method": str(decision["method"]),
         "clado.budget": json.dumps(decision["budget"], sort_keys=True),
-        "clado.fingerprint": str(decision["cache"]["fingerprint"]),
+        # empty for a decision solved on sensitivities from a file (it has no cache)
+        "clado.fingerprint": str(decision["cache"]["fingerprint"] or ""),
         "clado.widths": json.dumps(widths(specs)),
         "clado.sizes": json.dumps(decision.get("sizes", {}), sort_keys=True),
         "clado.decision": json.dumps(decision, sort_keys=True),

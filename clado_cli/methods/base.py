@@ -45,6 +45,9 @@ class SolveOptions:
     solver: str = "auto"
     time_limit: float = 120.0
     threads: Optional[int] = None   # CPU threads a solver may use (None: its default)
+    # cost rows besides the size, allowed options and ties (clado_cli.optimize.constraints);
+    # every method's program must enforce them: decide checks each answer against them
+    constraints: Optional[Any] = None
 
 
 @dataclass

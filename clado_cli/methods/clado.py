@@ -113,6 +113,7 @@ class Clado(Method):
         return pair_sensitivities(base)
 
     def solve(self, sens, budget: Budget, opts: SolveOptions):
-        res = solve_iqp(sens.G, sens.space, budget.bytes, psd=opts.psd, solver=opts.solver, time_limit=opts.time_limit)
+        res = solve_iqp(sens.G, sens.space, budget.bytes, psd=opts.psd, solver=opts.solver, time_limit=opts.time_limit,
+                        constraints=opts.constraints)
         x = sens.space.one_hot(res.choice)
         return res, float(x @ sens.G @ x) / 2

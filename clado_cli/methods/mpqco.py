@@ -19,7 +19,8 @@ class LinearSensitivities(Sensitivities):
 
 
 def solve_linear(sens: LinearSensitivities, budget: Budget, opts: SolveOptions):
-    res = solve_ilp(sens.s, sens.space, budget.bytes, solver=opts.solver, time_limit=opts.time_limit)
+    res = solve_ilp(sens.s, sens.space, budget.bytes, solver=opts.solver, time_limit=opts.time_limit,
+                    constraints=opts.constraints)
     return res, float(sens.s @ sens.space.one_hot(res.choice))
 
 

@@ -21,5 +21,6 @@ class Naive(Method):
     def solve(self, sens, budget: Budget, opts: SolveOptions):
         import numpy as np
 
-        res = solve_ilp(np.diag(sens.G), sens.space, budget.bytes, solver=opts.solver, time_limit=opts.time_limit)
+        res = solve_ilp(np.diag(sens.G), sens.space, budget.bytes, solver=opts.solver, time_limit=opts.time_limit,
+                        constraints=opts.constraints)
         return res, float(sens.singles @ sens.space.one_hot(res.choice))

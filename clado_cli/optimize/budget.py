@@ -38,13 +38,18 @@ _NUMBER_AND_UNIT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\
 
 @dataclass(frozen=True)
 class Budget:
-    """A resolved size budget: what the user gave, and the bytes it means."""
+    """A resolved budget: what the user gave, the decided bytes it allows (None when the size is
+    not bounded) and the bounds on other costs (name, given, bound, unit; clado_cli.budgets)."""
 
     given: str
-    bytes: int
+    bytes: Optional[int]
+    bounds: tuple = ()
 
     def to_dict(self) -> dict:
-        return {"given": self.given, "bytes": self.bytes}
+        out = {"given": self.given, "bytes": self.bytes}
+        if self.bounds:
+            out["bounds"] = [dict(b) for b in self.bounds]
+        return out
 
 
 def _number_and_unit(text: str) -> Tuple[Decimal, str]:

@@ -27,12 +27,13 @@ from .linearize import LinearModel, build, lagrangian_bound
 
 @dataclass
 class ExactOutcome:
-    opts: np.ndarray  # option index per layer of the best choice found
+    opts: Optional[np.ndarray]  # option index per layer of the best choice found; None when none was
     value: float
     bound: Optional[float]
     root_bound: Optional[float]
     proven: bool
     notes: List[str] = field(default_factory=list)
+    infeasible: bool = False  # HiGHS proved that no choice meets every row
 
 
 def _highs(model: LinearModel, integer: bool, options: dict):
@@ -67,7 +68,7 @@ def _highs(model: LinearModel, integer: bool, options: dict):
 
 def restrict(prog: OneHotProgram, keep: np.ndarray) -> Tuple[OneHotProgram, np.ndarray, np.ndarray]:
     """The program over the options `keep` (a mask; at least one per layer), with layers left
-    with a single option folded into the diagonal, the offset and the capacity. Returns it and
+    with a single option folded into the diagonal, the offset and the bounds. Returns it and
     the original indices of its options and of the folded ones."""
     keep = np.asarray(keep, dtype=bool)
     counts = np.bincount(prog.layer[keep], minlength=prog.n_layers)
@@ -79,8 +80,8 @@ def restrict(prog: OneHotProgram, keep: np.ndarray) -> Tuple[OneHotProgram, np.n
     sub[np.diag_indices_from(sub)] += 2.0 * Q[np.ix_(free, fixed)].sum(axis=1)
     offset = prog.offset + float(Q[np.ix_(fixed, fixed)].sum())
     _, layer = np.unique(prog.layer[free], return_inverse=True)
-    capacity = prog.capacity - int(prog.size[fixed].sum())
-    reduced = OneHotProgram(sub, layer, prog.size[free], capacity, offset=offset)
+    caps = prog.caps - prog.costs[:, fixed].sum(axis=1)
+    reduced = OneHotProgram(sub, layer, prog.costs[:, free], caps, offset=offset)
     return reduced, free, fixed
 
 
@@ -93,9 +94,10 @@ FORMULATIONS = {
 DEFAULT_FORMULATION = "pair+budget-rlt"  # measured fastest to a proof on most instances, docs/solvers.md
 
 
-def _mip(prog: OneHotProgram, opts: np.ndarray, deadline: float, rel_gap: float, abs_gap: float, budget_rlt: bool,
+def _mip(prog: OneHotProgram, opts: Optional[np.ndarray], deadline: float, rel_gap: float, abs_gap: float, budget_rlt: bool,
          mip_lp_solver: Optional[str]):
-    """HiGHS's MIP of prog from the choice opts: (best choice or None, its dual bound, a note)."""
+    """HiGHS's MIP of prog from the choice opts (None: no start): (best choice or None, its dual
+    bound, a note, whether it proved the program infeasible)."""
     import highspy
 
     model = build(prog, budget_rlt=budget_rlt)
@@ -104,10 +106,11 @@ def _mip(prog: OneHotProgram, opts: np.ndarray, deadline: float, rel_gap: float,
     t = time.perf_counter()
     h = _highs(model, integer=True, options={"time_limit": max(deadline - t, 0.01), "mip_rel_gap": rel_gap,
                                               "mip_abs_gap": abs_gap, "mip_lp_solver": mip_lp_solver})
-    warm = highspy.HighsSolution()
-    warm.col_value = list(model.point(opts))
-    warm.value_valid = True
-    h.setSolution(warm)
+    if opts is not None:
+        warm = highspy.HighsSolution()
+        warm.col_value = list(model.point(opts))
+        warm.value_valid = True
+        h.setSolution(warm)
     h.run()
     info = h.getInfo()
     status = h.modelStatusToString(h.getModelStatus()).lower()
@@ -120,7 +123,7 @@ def _mip(prog: OneHotProgram, opts: np.ndarray, deadline: float, rel_gap: float,
     note = (f"HiGHS MIP ({'pair linearization with one-hot and budget RLT rows' if budget_rlt else 'pair linearization with one-hot RLT rows'}: "
             f"{model.A.shape[0]} rows x {model.n_cols} columns, {model.n_x} binaries, LPs by {mip_lp_solver}) {status} in {time.perf_counter() - t:.1f} s, "
             f"{int(info.mip_node_count)} nodes")
-    return choice, bound, note
+    return choice, bound, note, status == "infeasible"
 
 
 IPM_COLUMNS = 10_000  # HiGHS's MIP solves its LPs by interior point from this many columns up:
@@ -131,9 +134,17 @@ IPM_COLUMNS = 10_000  # HiGHS's MIP solves its LPs by interior point from this m
 def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: float, abs_gap: float,
           formulation: str = DEFAULT_FORMULATION, mip_lp_solver: Optional[str] = None) -> ExactOutcome:
     budget_rlt, root_lp = FORMULATIONS[formulation]
+    notes: List[str] = []
+    if incumbent is None:  # no start: HiGHS's MIP searches for a feasible choice itself
+        choice, bound, note, infeasible = _mip(prog, None, deadline, rel_gap, abs_gap, budget_rlt, mip_lp_solver)
+        notes.append(note)
+        if choice is None or not prog.fits(choice):
+            return ExactOutcome(None, np.inf, None, None, False, notes, infeasible=infeasible)
+        value = prog.value(choice)
+        bound = None if bound is None else min(bound, value)
+        return ExactOutcome(choice, value, bound, None, bound is not None and value - bound <= max(abs_gap, rel_gap * abs(value)), notes)
     opts = np.asarray(incumbent)
     value = prog.value(opts)
-    notes: List[str] = []
 
     def tol(v: float) -> float:
         return max(abs_gap, rel_gap * abs(v))
@@ -142,7 +153,7 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
         return deadline - time.perf_counter()
 
     if not root_lp:
-        choice, bound, note = _mip(prog, opts, deadline, rel_gap, abs_gap, budget_rlt, mip_lp_solver)
+        choice, bound, note, _ = _mip(prog, opts, deadline, rel_gap, abs_gap, budget_rlt, mip_lp_solver)
         notes.append(note)
         if choice is not None and prog.fits(choice) and prog.value(choice) < value:
             opts, value = choice, prog.value(choice)
@@ -184,7 +195,7 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
     position = np.full(len(keep), -1)
     position[free] = np.arange(len(free))
     sub_opts = position[opts[np.isin(opts, free)]]
-    choice, sub_bound, note = _mip(reduced, sub_opts, deadline, rel_gap, abs_gap, budget_rlt, mip_lp_solver)
+    choice, sub_bound, note, _ = _mip(reduced, sub_opts, deadline, rel_gap, abs_gap, budget_rlt, mip_lp_solver)
     notes.append(note)
     if choice is not None:
         cand = opts.copy()

@@ -4,8 +4,8 @@ large-neighbourhood search that frees a few layers at a time and solves each sma
 exactly by enumeration.
 
 The program here is general: options grouped into layers (any number of options per layer), a
-symmetric Q, integer sizes and an integer capacity; minimize x'Qx over one-hot x with
-size'x <= capacity. Within-layer off-diagonal entries of Q never meet a one-hot x, so they are
+symmetric Q and any number of cost rows with bounds (size in bits, BOPs, user tables, no-good
+cuts); minimize x'Qx over one-hot x with every row within its bound. Within-layer off-diagonal entries of Q never meet a one-hot x, so they are
 zeroed on entry (the value of every feasible x is unchanged).
 
 Pure numpy; the exact solvers start from this answer, and it is the answer when none is installed.
@@ -23,18 +23,29 @@ ENUMERATION_LIMIT = 20_000  # choices per exact subproblem of the neighbourhood 
 
 @dataclass
 class OneHotProgram:
-    """minimize x'Qx over one-hot x per layer with size'x <= capacity (sizes in integer units)."""
+    """minimize x'Qx over one-hot x per layer with costs @ x <= caps, row by row.
+
+    `costs` is (rows x options) or one row; `caps` one bound per row. Rows whose entries and
+    bound are integers (bits, BOPs, no-good cuts) are compared exactly; other rows (user cost
+    tables) with a tolerance of 1e-9 of their scale. `size` is one surrogate cost per option
+    (each binding row divided by its slack above the all-cheapest choice, summed): the
+    heuristic's "bytes" for its per-byte ratios; with one row it orders moves as that row does.
+    """
 
     Q: np.ndarray
     layer: np.ndarray  # layer index of every option, 0..L-1, options of a layer contiguous
-    size: np.ndarray  # int64
-    capacity: int
+    costs: np.ndarray  # (rows, options), or (options,) for one row
+    caps: np.ndarray  # (rows,), or a number for one row
     offset: float = 0.0  # constant added to x'Qx (from layers fixed before this program was built)
     starts: np.ndarray = field(init=False)
 
     def __post_init__(self):
         self.layer = np.asarray(self.layer, dtype=np.int64)
-        self.size = np.asarray(self.size, dtype=np.int64)
+        costs = np.asarray(self.costs, dtype=float)
+        self.costs = costs.reshape(1, -1) if costs.ndim == 1 else costs
+        self.caps = np.atleast_1d(np.asarray(self.caps, dtype=float)).copy()
+        if self.costs.shape != (len(self.caps), len(self.layer)):
+            raise ValueError(f"costs of shape {self.costs.shape} for {len(self.caps)} bounds and {len(self.layer)} options")
         Q = np.array(self.Q, dtype=float)
         Q = (Q + Q.T) / 2.0
         same = self.layer[:, None] == self.layer[None, :]
@@ -47,6 +58,30 @@ class OneHotProgram:
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         if np.any(np.diff(self.layer) < 0):
             raise ValueError("options of a layer must be contiguous and layers in order")
+        self._derive()
+
+    def _derive(self) -> None:
+        """Tolerances, the cheapest and dearest totals per row and the surrogate size."""
+        c = self.costs
+        integral = np.all(c == np.round(c), axis=1) & (self.caps == np.round(self.caps))
+        if self.n_layers:
+            self.low = np.minimum.reduceat(c, self.starts[:-1], axis=1).sum(axis=1)
+            self.high = np.maximum.reduceat(c, self.starts[:-1], axis=1).sum(axis=1)
+        else:
+            self.low = self.high = np.zeros(len(self.caps))
+        scale = np.maximum(np.abs(self.caps), np.maximum(np.abs(self.low), np.abs(self.high)))
+        self.tol = np.where(integral, 0.0, 1e-9 * np.maximum(scale, 1.0))
+        self.limit = self.caps + self.tol
+        binding = self.high > self.limit
+        rows = binding if binding.any() else np.ones(len(self.caps), dtype=bool)
+        room = np.maximum(self.caps - self.low, 1e-12 * np.maximum(scale, 1.0))
+        self.weight = np.where(rows, 1.0 / room, 0.0)
+        self.size = self.weight @ c
+
+    @property
+    def capacity(self) -> float:
+        """The surrogate capacity: 1 per binding row."""
+        return float(self.weight @ self.caps)
 
     def options_of(self, l: int) -> np.ndarray:
         return np.arange(self.starts[l], self.starts[l + 1])
@@ -55,11 +90,12 @@ class OneHotProgram:
         opts = np.asarray(opts)
         return float(self.Q[np.ix_(opts, opts)].sum()) + self.offset
 
-    def used(self, opts: np.ndarray) -> int:
-        return int(self.size[np.asarray(opts)].sum())
+    def used(self, opts: np.ndarray) -> np.ndarray:
+        """Each row's total at a choice."""
+        return self.costs[:, np.asarray(opts)].sum(axis=1)
 
     def fits(self, opts: np.ndarray) -> bool:
-        return self.used(opts) <= self.capacity
+        return bool(np.all(self.used(opts) <= self.limit))
 
     def narrowest(self) -> np.ndarray:
         return np.array([self.starts[l] + int(np.argmin(self.size[self.starts[l]:self.starts[l + 1]])) for l in range(self.n_layers)])
@@ -69,7 +105,7 @@ class OneHotProgram:
 
 
 class _State:
-    """A one-hot choice (option per layer) with g = Q x kept up to date."""
+    """A one-hot choice (option per layer) with g = Q x and each row's total kept up to date."""
 
     def __init__(self, prog: OneHotProgram, opts: np.ndarray):
         self.prog = prog
@@ -77,13 +113,34 @@ class _State:
         self.g = prog.Q[:, self.opts].sum(axis=1)
         self.used = prog.used(self.opts)
 
+    def copy(self) -> "_State":
+        st = _State.__new__(_State)
+        st.prog, st.opts, st.g, st.used = self.prog, self.opts.copy(), self.g.copy(), self.used.copy()
+        return st
+
     @property
     def value(self) -> float:
         return float(self.g[self.opts].sum()) + self.prog.offset
 
+    @property
+    def fits(self) -> bool:
+        return bool(np.all(self.used <= self.prog.limit))
+
     def current(self) -> np.ndarray:
         """The chosen option of each option's layer."""
         return self.opts[self.prog.layer]
+
+    def changes(self) -> np.ndarray:
+        """(rows, options): how each row's total changes when each option replaces its layer's current one."""
+        return self.prog.costs - self.prog.costs[:, self.current()]
+
+    def fitting(self, ds: np.ndarray) -> np.ndarray:
+        """Which single changes (columns of ds) keep every row within its bound."""
+        return np.all(self.used[:, None] + ds <= self.prog.limit[:, None], axis=0)
+
+    def over(self) -> np.ndarray:
+        """The rows over their bound."""
+        return self.used > self.prog.limit
 
     def single_deltas(self) -> np.ndarray:
         """Change of x'Qx when each option replaces its layer's current one (0 for current ones)."""
@@ -98,17 +155,31 @@ class _State:
         if a == i:
             return
         self.g += self.prog.Q[:, i] - self.prog.Q[:, a]
-        self.used += int(self.prog.size[i] - self.prog.size[a])
+        self.used += self.prog.costs[:, i] - self.prog.costs[:, a]
         self.opts[l] = i
+
+
+def _saved(st: "_State", ds: np.ndarray) -> np.ndarray:
+    """What each change frees on the rows that are over, weighted as the surrogate size; 0 for a
+    change that does not lower the total weighted excess over the bounds (so that a chain of
+    such changes cannot cycle between rows)."""
+    over = st.over()
+    if not over.any():
+        return np.zeros(ds.shape[1])
+    w, limit = st.prog.weight[:, None], st.prog.limit[:, None]
+    now = float((st.prog.weight * np.maximum(st.used - st.prog.limit, 0.0)).sum())
+    after = (w * np.maximum(st.used[:, None] + ds - limit, 0.0)).sum(axis=0)
+    saved = -(st.prog.weight[over] @ ds[over])
+    return np.where(after < now, np.maximum(saved, 0.0), 0.0)
 
 
 def _greedy_down(prog: OneHotProgram, rng) -> Optional[np.ndarray]:
     """From every layer at its widest option, narrow the layer that costs least per byte saved
     until the choice fits."""
     st = _State(prog, prog.widest())
-    while st.used > prog.capacity:
+    while not st.fits:
         d = st.single_deltas()
-        saved = st.prog.size[st.current()] - prog.size
+        saved = _saved(st, st.changes())
         ok = saved > 0
         if not ok.any():
             return None
@@ -117,17 +188,20 @@ def _greedy_down(prog: OneHotProgram, rng) -> Optional[np.ndarray]:
     return st.opts
 
 
-def _greedy_up(prog: OneHotProgram, rng) -> np.ndarray:
+def _greedy_up(prog: OneHotProgram, rng) -> Optional[np.ndarray]:
     """From every layer at its narrowest option, take the change that lowers x'Qx most per byte
     added while it fits."""
     st = _State(prog, prog.narrowest())
+    if not st.fits:
+        return None
     while True:
         d = st.single_deltas()
-        added = prog.size - st.prog.size[st.current()]
-        ok = (st.used + added <= prog.capacity) & (d < 0)
+        ds = st.changes()
+        added = prog.weight @ ds
+        ok = st.fitting(ds) & (d < 0)
         if not ok.any():
             return st.opts
-        ratio = np.where(ok, d / np.maximum(added, 1), np.inf)
+        ratio = np.where(ok, d / np.maximum(added, 1e-12), np.inf)
         st.move(int(np.argmin(ratio)))
 
 
@@ -140,13 +214,14 @@ def _repair(st: _State, keep_layer: int) -> None:
     start_opts = st.opts.copy()
     steps: List[int] = []
     best_end, best_value = None, np.inf
-    while st.used > prog.capacity:
+    while not st.fits:
         d = st.single_deltas()
-        saved = (prog.size[st.current()] - prog.size).astype(float)
+        ds = st.changes()
+        saved = _saved(st, ds)
         ok = (saved > 0) & (prog.layer != keep_layer)
         if not ok.any():
             break
-        covers = ok & (saved >= st.used - prog.capacity)
+        covers = ok & st.fitting(ds)
         if covers.any():
             c = int(np.argmin(np.where(covers, d, np.inf)))
             if st.value + d[c] < best_value:
@@ -154,7 +229,7 @@ def _repair(st: _State, keep_layer: int) -> None:
         i = int(np.argmin(np.where(ok, d / np.where(ok, saved, 1.0), np.inf)))
         st.move(i)
         steps.append(i)
-    if st.used <= prog.capacity and st.value <= best_value:
+    if st.fits and st.value <= best_value:
         return
     if best_end is None:
         return
@@ -170,11 +245,12 @@ def _fill(st: _State, keep_layer: int) -> None:
     prog = st.prog
     while True:
         d = st.single_deltas()
-        added = (prog.size - prog.size[st.current()]).astype(float)
-        ok = (added > 0) & (d < 0) & (st.used + added <= prog.capacity) & (prog.layer != keep_layer)
+        ds = st.changes()
+        added = prog.weight @ ds
+        ok = (d < 0) & st.fitting(ds) & (prog.layer != keep_layer)
         if not ok.any():
             return
-        st.move(int(np.argmin(np.where(ok, d / np.where(ok, added, 1.0), np.inf))))
+        st.move(int(np.argmin(np.where(ok, d / np.maximum(added, 1e-12), np.inf))))
 
 
 def exchange(prog: OneHotProgram, opts: np.ndarray, deadline: float = np.inf) -> Optional[np.ndarray]:
@@ -191,12 +267,11 @@ def exchange(prog: OneHotProgram, opts: np.ndarray, deadline: float = np.inf) ->
             break
         if i in base.opts:
             continue
-        st = _State.__new__(_State)
-        st.prog, st.opts, st.g, st.used = prog, base.opts.copy(), base.g.copy(), base.used
+        st = base.copy()
         st.move(int(i))
         _repair(st, prog.layer[i])
         _fill(st, prog.layer[i])
-        if st.used <= prog.capacity and st.value < best_value:
+        if st.fits and st.value < best_value:
             best, best_value = st.opts.copy(), st.value
     return best
 
@@ -205,15 +280,15 @@ def local_search(prog: OneHotProgram, opts: np.ndarray, deadline: float = np.inf
     """Best-improvement descent over single-layer changes and, when none improves, changes of
     two layers at once, then ejection chains (exchange); every step stays within the capacity."""
     st = _State(prog, opts)
-    Q, layer, size = prog.Q, prog.layer, prog.size
+    Q, layer = prog.Q, prog.layer
     other_layer = layer[:, None] != layer[None, :]
     while time.perf_counter() < deadline:
         scale = max(1.0, abs(st.value))
         tol = 1e-12 * scale
         d = st.single_deltas()
         a = st.current()
-        ds = size - size[a]
-        ok = st.used + ds <= prog.capacity
+        ds = st.changes()
+        ok = st.fitting(ds)
         i = int(np.argmin(np.where(ok, d, np.inf)))
         if ok[i] and d[i] < -tol:
             st.move(i)
@@ -222,7 +297,10 @@ def local_search(prog: OneHotProgram, opts: np.ndarray, deadline: float = np.inf
             break
         M = Q - Q[:, a] - Q[a, :] + Q[np.ix_(a, a)]
         P = d[:, None] + d[None, :] + 2.0 * M
-        fits = (ds[:, None] + ds[None, :]) <= prog.capacity - st.used
+        room = prog.limit - st.used
+        fits = np.ones(P.shape, dtype=bool)
+        for r in range(len(room)):
+            fits &= (ds[r][:, None] + ds[r][None, :]) <= room[r]
         P = np.where(fits & other_layer, P, np.inf)
         k = int(np.argmin(P))
         i, j = divmod(k, P.shape[1])
@@ -257,8 +335,10 @@ def solve_subproblem(prog: OneHotProgram, opts: np.ndarray, free: np.ndarray) ->
     for p in range(k):
         for q in range(p + 1, k):
             values += 2.0 * Q[combos[:, p], combos[:, q]]
-    used = prog.size[combos].sum(axis=1) + int(prog.size[fixed].sum())
-    values = np.where(used <= prog.capacity, values, np.inf)
+    ok = np.ones(len(combos), dtype=bool)
+    for r in range(len(prog.caps)):
+        ok &= prog.costs[r][combos].sum(axis=1) + prog.costs[r][fixed].sum() <= prog.limit[r]
+    values = np.where(ok, values, np.inf)
     best = int(np.argmin(values))
     out = opts.copy()
     if np.isfinite(values[best]):
@@ -273,7 +353,7 @@ def _marginal_layers(prog: OneHotProgram, opts: np.ndarray, k: int, rng: Optiona
     weights falling 20% per rank."""
     st = _State(prog, opts)
     d = st.single_deltas()
-    ds = (prog.size - prog.size[st.current()]).astype(float)
+    ds = prog.size - prog.size[st.current()]
     L = prog.n_layers
     up = np.full(L, np.inf)
     down = np.full(L, np.inf)
@@ -343,14 +423,16 @@ def neighbourhood_search(prog: OneHotProgram, opts: np.ndarray, deadline: float,
     return best_opts
 
 
-def incumbent(prog: OneHotProgram, time_limit: float = 0.5, seed: int = 0) -> np.ndarray:
-    """A good feasible choice (option index per layer) within about time_limit seconds.
-
-    The capacity must admit the all-narrowest choice."""
+def incumbent(prog: OneHotProgram, time_limit: float = 0.5, seed: int = 0) -> Optional[np.ndarray]:
+    """A good feasible choice (option index per layer) within about time_limit seconds, or None
+    when the greedy starts find none (several rows can make a feasible choice hard to find; the
+    exact solvers then search without a start)."""
     start = time.perf_counter()
     deadline = start + time_limit
     rng = np.random.default_rng(seed)
     starts = [s for s in (_greedy_down(prog, rng), _greedy_up(prog, rng)) if s is not None]
+    if not starts:
+        return None
     best, best_value = None, np.inf
     for s in starts:
         s = local_search(prog, s, deadline)

@@ -4,10 +4,10 @@ Variables: x_i for every option, y_ij (i < j, options of different layers) stand
 Objective Σ Q_ii x_i + 2 Σ Q_ij y_ij (+ offset), which equals x'Qx whenever y_ij = x_i x_j.
 Rows:
   - one-hot: Σ_{i in layer l} x_i = 1 for every layer;
-  - budget: Σ s_i x_i <= W;
+  - budget: Σ s_i x_i <= W, for every cost row (size, BOPs, user tables, no-good cuts);
   - one-hot RLT (the one-hot rows times x_i): Σ_{j in layer m} y_ij = x_i for every option i and
     every other layer m. With x binary these force y_ij = x_i x_j;
-  - budget RLT (the budget row times x_i): s_i x_i + Σ_{j not in i's layer} s_j y_ij <= W x_i.
+  - budget RLT (each binding cost row times x_i): s_i x_i + Σ_{j not in i's layer} s_j y_ij <= W x_i.
     Its product with (1 - x_i) adds nothing: under the one-hot RLT rows it is the sum of the
     budget RLT rows of the other options of i's layer (checked in tests/optimize).
 Sizes enter reduced by each layer's narrowest option (s_i - min_l, W - Σ min_l), which is the same
@@ -39,7 +39,7 @@ class LinearModel:
     n_x: int
     first: np.ndarray  # pair k is (first[k], second[k])
     second: np.ndarray
-    budget_rlt_rows: np.ndarray  # row index of option i's budget RLT row, -1 when left out
+    budget_rlt_rows: np.ndarray  # (cost rows, options): row index of option i's RLT row with cost row k, -1 when left out
 
     @property
     def n_cols(self) -> int:
@@ -55,16 +55,17 @@ class LinearModel:
         return np.concatenate([x, self.y_of(x)])
 
 
-def reduced_sizes(prog: OneHotProgram):
-    """Sizes minus each layer's narrowest, capacity minus their sum, both scaled to capacity 1
-    (None when the budget admits only the narrowest options or every choice)."""
-    mins = np.minimum.reduceat(prog.size, prog.starts[:-1])
-    s = (prog.size - mins[prog.layer]).astype(float)
-    W = float(prog.capacity - mins.sum())
+def reduced_sizes(prog: OneHotProgram, r: int = 0):
+    """Row r's costs minus each layer's cheapest, its bound minus their sum, both scaled to
+    bound 1 (None when the row admits only the cheapest options or every choice)."""
+    cost = prog.costs[r]
+    mins = np.minimum.reduceat(cost, prog.starts[:-1])
+    s = cost - mins[prog.layer]
+    W = float(prog.limit[r] - mins.sum())
     widest_total = float(np.maximum.reduceat(s, prog.starts[:-1]).sum())
     if W >= widest_total:
         return None, "free"
-    if W <= 0:
+    if W <= prog.tol[r]:
         return None, "narrowest"
     return s / W, "binding"
 
@@ -86,15 +87,17 @@ def build(prog: OneHotProgram, budget_rlt: bool = True, budget_rlt_complement: b
     # one-hot
     rows.append(layer.copy()); cols.append(np.arange(n)); vals.append(np.ones(n))
     lo.append(np.ones(L)); up.append(np.ones(L)); r += L
-    s, kind = reduced_sizes(prog)
-    if kind == "narrowest":  # only the narrowest option of every layer fits
-        s = (prog.size - np.minimum.reduceat(prog.size, prog.starts[:-1])[layer]).astype(float)
-        rows.append(np.full(n, r)); cols.append(np.arange(n)); vals.append(s)
-        lo.append([-np.inf]); up.append([0.0]); r += 1
-        s = None
-    elif kind == "binding":
-        rows.append(np.full(n, r)); cols.append(np.arange(n)); vals.append(s)
-        lo.append([-np.inf]); up.append([1.0]); r += 1
+    binding = []
+    for k in range(len(prog.caps)):
+        s, kind = reduced_sizes(prog, k)
+        if kind == "narrowest":  # only each layer's cheapest options fit this row
+            s = prog.costs[k] - np.minimum.reduceat(prog.costs[k], prog.starts[:-1])[layer]
+            rows.append(np.full(n, r)); cols.append(np.arange(n)); vals.append(s)
+            lo.append([-np.inf]); up.append([float(prog.limit[k] - np.minimum.reduceat(prog.costs[k], prog.starts[:-1]).sum())]); r += 1
+        elif kind == "binding":
+            rows.append(np.full(n, r)); cols.append(np.arange(n)); vals.append(s)
+            lo.append([-np.inf]); up.append([1.0]); r += 1
+            binding.append((k, s))
     # one-hot RLT: for option i and other layer m, sum_{j in m} y_ij - x_i = 0
     opt_i, lay_m = np.nonzero(layer[:, None] != np.arange(L)[None, :])
     n_eq = len(opt_i)
@@ -111,8 +114,8 @@ def build(prog: OneHotProgram, budget_rlt: bool = True, budget_rlt_complement: b
     rows.append(r + np.arange(n_eq)); cols.append(opt_i); vals.append(-np.ones(n_eq))
     lo.append(np.zeros(n_eq)); up.append(np.zeros(n_eq)); r += n_eq
     del js
-    budget_rows = np.full(n, -1, dtype=np.int64)
-    if s is not None and budget_rlt:
+    budget_rows = np.full((len(prog.caps), n), -1, dtype=np.int64)
+    for k, s in binding if budget_rlt else ():
         chosen = np.arange(n) if rlt_options is None else np.asarray(rlt_options)
         for i in chosen:
             others = np.nonzero((layer != layer[i]) & (s > 0))[0]
@@ -120,7 +123,7 @@ def build(prog: OneHotProgram, budget_rlt: bool = True, budget_rlt_complement: b
             cols.append(np.concatenate([[i], pair_of[i, others]]))
             vals.append(np.concatenate([[s[i] - 1.0], s[others]]))
             lo.append([-np.inf]); up.append([0.0])
-            budget_rows[i] = r
+            budget_rows[k, i] = r
             r += 1
             if budget_rlt_complement:
                 # s'x - s_i x_i - sum_j s_j y_ij <= 1 - x_i

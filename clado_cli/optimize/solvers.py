@@ -44,7 +44,9 @@ from .exact import solve as solve_exact_highs
 from .backends import (ABS_GAP, ABS_SCALE, AUTO_ORDER, EXACT_AUTO_ORDER, PSD_TREATMENTS, REL_GAP, SOLVERS,  # noqa: F401
                        _Backend, _backends_for, _checked_time_limit, _Model, _NoSolution, _solver_output_to_stderr,
                        _why)
+from .constraints import Constraints, Reduction, size_row
 from .heuristic import OneHotProgram, incumbent
+from .linearize import LinearModel
 from .linearize import build as build_linearization
 from .problem import OptionSpace, check_budget, clip_psd, finite_array, shift_lambda
 
@@ -84,6 +86,7 @@ class SolveResult:
     minimized_bound: Optional[float] = None
     root_bound: Optional[float] = None
     incumbent_objective: Optional[float] = None
+    constraints: Optional[List[dict]] = None  # every cost row at the choice: value, bound, slack, binding
 
     def __post_init__(self):
         self.gap_percent = None if self.gap is None else 100.0 * self.gap
@@ -94,8 +97,7 @@ class SolveResult:
 
 
 def _solve(
-    space: OptionSpace,
-    budget_bytes: int,
+    red: Reduction,
     solver: str,
     time_limit: float,
     build: Callable[[_Backend], _Model],
@@ -104,12 +106,13 @@ def _solve(
     order: Tuple[str, ...] = AUTO_ORDER,
     backends: Optional[Tuple[List[_Backend], List[str]]] = None,
 ) -> SolveResult:
-    """Try the requested backends in turn; return the first answer, honest about its status.
-    `objective` and `best_bound` are on the program the backends minimized."""
+    """Try the requested backends in turn on the reduced program (its variables are the reduced
+    options); return the first answer, honest about its status. `objective` (of the space's
+    one-hot x) and `best_bound` are on the program the backends minimized."""
     import cvxpy as cp
 
+    space = red.space
     time_limit = _checked_time_limit(time_limit)
-    check_budget(space, budget_bytes)
     backends, skipped = backends or _backends_for(solver, order)
     explicit = (solver or "").strip().lower() != "auto"
     started = time.perf_counter()
@@ -134,17 +137,18 @@ def _solve(
             notes.append(reason)
             continue
         x = model.x.value
+        if model.problem.status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+            raise _infeasible(red, backend.name)
         if x is None or model.problem.status not in cp.settings.SOLUTION_PRESENT:
             if time.perf_counter() - attempt_start >= 0.9 * time_limit:
                 raise _NoSolution(f"{backend.name} stopped at its time limit of {time_limit:g} s without a feasible "
                                   f"solution; raise time_limit (solver status {model.problem.status})",
                                   params=("time_limit",))
             raise _NoSolution(f"{backend.name} found no feasible solution (status {model.problem.status}, time limit {time_limit:g} s)")
-        choice = space.choice_of(x)
-        if not space.fits(choice, budget_bytes):
-            raise SolverError(
-                f"{backend.name} returned a choice of {space.size_of(choice):.0f} bytes, over the budget of {budget_bytes} bytes"
-            )
+        choice = red.choice(_argmax_per_layer(red.layer, x))
+        if not red.constraints.admits(space, choice):
+            raise SolverError(f"{backend.name} returned a choice that breaks a constraint: "
+                              + "; ".join(f"{r['name']} {r['value']:.6g} of {r['bound']:.6g} {r['unit']}" for r in red.report(choice)))
         status, optimal, bound = backend.outcome(model.problem)
         value = objective(space.one_hot(choice))
         return SolveResult(
@@ -163,6 +167,19 @@ def _solve(
     raise SolverError(f"no solver could solve the model: {'; '.join(notes)}")
 
 
+def _argmax_per_layer(layer: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The largest entry of x in each layer's options (option indices)."""
+    x = np.asarray(x, dtype=float)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(layer))])
+    return np.array([starts[g] + int(np.argmax(x[starts[g]:starts[g + 1]])) for g in range(len(starts) - 1)])
+
+
+def _infeasible(red: Reduction, solver: str) -> UsageError:
+    """The budgets cannot be met together (each alone can: Reduction.check ran first)."""
+    parts = [f"{r.name} <= {r.text(r.bound)} (alone feasible from {r.text(lo)})" for r, (lo, _) in zip(red.rows, red.ranges())]
+    return UsageError(f"no choice meets every budget at once ({solver} proved it): " + ", ".join(parts))
+
+
 def _relative_gap(value: float, bound: Optional[float]) -> Optional[float]:
     """(incumbent - bound) / |incumbent|, as Gurobi defines MIPGap; None without a bound."""
     if bound is None:
@@ -173,48 +190,50 @@ def _relative_gap(value: float, bound: Optional[float]) -> Optional[float]:
     return 0.0 if diff <= 1e-12 else None
 
 
-def _common_constraints(x, space: OptionSpace, budget_bytes: int) -> list:
-    one_hot = sp.kron(sp.eye(space.n_layers), np.ones((1, len(space.candidates))), format="csr")
-    return [one_hot @ x == 1, space.sizes() @ x <= budget_bytes]
+def _common_constraints(x, prog: OneHotProgram) -> list:
+    """One option per layer of the reduced program and every cost row within its bound."""
+    n = len(prog.layer)
+    one_hot = sp.csr_matrix((np.ones(n), (prog.layer, np.arange(n))), shape=(prog.n_layers, n))
+    out = [one_hot @ x == 1]
+    if len(prog.caps):
+        out.append(prog.costs @ x <= prog.limit)
+    return out
 
 
-def _pair_linearization(Q: np.ndarray, space: OptionSpace, x):
-    """Objective and constraints of the exact pair linearization of x'Qx for one-hot x."""
+def _linear_rows(m: LinearModel, x) -> Tuple[object, list]:
+    """A linearization's objective and rows over x (binary) and its pair variables, for CVXPY."""
     import cvxpy as cp
 
-    n, n_cand = space.n_options, len(space.candidates)
-    layers = space.option_layers()
-    first, second = np.triu_indices(n, 1)
-    across = layers[first] != layers[second]
-    first, second = first[across], second[across]
-    n_pairs = len(first)
-    y = cp.Variable(n_pairs, nonneg=True)
-    pair_of = np.full((n, n), -1)
-    pair_of[first, second] = pair_of[second, first] = np.arange(n_pairs)
-    # one row per (option i, other layer m): the y of i with m's options sum to x_i
-    row_option, row_layer = np.nonzero(layers[:, None] != np.arange(space.n_layers)[None, :])
-    n_rows = len(row_option)
-    cols = pair_of[row_option[:, None], row_layer[:, None] * n_cand + np.arange(n_cand)[None, :]]
-    A = sp.csr_matrix((np.ones(cols.size), (np.repeat(np.arange(n_rows), n_cand), cols.ravel())), shape=(n_rows, n_pairs))
-    S = sp.csr_matrix((np.ones(n_rows), (np.arange(n_rows), row_option)), shape=(n_rows, n))
-    objective = np.diag(Q) @ x + (2.0 * Q[first, second]) @ y
-    return objective, [A @ y == S @ x], n_pairs
+    n = m.n_x
+    y = cp.Variable(m.n_cols - n, nonneg=True)
+    A = m.A.tocsc()
+    Ax = A[:, :n] @ x + A[:, n:] @ y
+    eq = m.row_lower == m.row_upper
+    up = np.isfinite(m.row_upper) & ~eq
+    rows = [Ax[np.nonzero(eq)[0]] == m.row_lower[eq], Ax[np.nonzero(up)[0]] <= m.row_upper[up], y <= 1]
+    return m.c[:n] @ x + m.c[n:] @ y + m.offset, rows
 
 
-def _program(Q: np.ndarray, space: OptionSpace, budget_bytes: int) -> OneHotProgram:
-    """The IQP in the heuristic's and exact.py's terms: sizes in bits, exact integers."""
-    return OneHotProgram(Q, space.option_layers(), np.outer(space.numel, space.candidates).ravel(), 8 * int(budget_bytes))
+def _constraints(space: OptionSpace, budget_bytes: Optional[int], constraints: Optional[Constraints]) -> Reduction:
+    """The reduction of the space under the size budget (when given) and the other constraints,
+    after checking that each budget alone can be met."""
+    cons = constraints or Constraints()
+    if budget_bytes is not None:
+        check_budget(space, budget_bytes)
+        cons = Constraints([size_row(space, budget_bytes)] + list(cons.rows), cons.allowed, cons.ties)
+    if not cons.rows and constraints is None:
+        raise UsageError("give a budget: a size budget or constraints")
+    red = Reduction(space, cons)
+    red.check()
+    return red
 
 
-def _choice(space: OptionSpace, opts: np.ndarray) -> List[int]:
-    return [int(o) % len(space.candidates) for o in opts]
-
-
-def _abs_tolerance(G: np.ndarray, space: OptionSpace) -> float:
+def _abs_tolerance(prog: OneHotProgram) -> float:
     """ABS_SCALE x Σ_layers max_i |G_ii|: the absolute gap that counts as closed (an objective
     near 0 cannot be proven to a relative gap)."""
-    diag = np.abs(np.diag(G)).reshape(space.n_layers, len(space.candidates))
-    return max(ABS_GAP, ABS_SCALE * float(diag.max(axis=1).sum()))
+    if not prog.n_layers:
+        return ABS_GAP
+    return max(ABS_GAP, ABS_SCALE * float(np.maximum.reduceat(np.abs(np.diag(prog.Q)), prog.starts[:-1]).sum()))
 
 
 def _closed(value: float, bound: Optional[float], abs_tol: float) -> bool:
@@ -224,14 +243,16 @@ def _closed(value: float, bound: Optional[float], abs_tol: float) -> bool:
 def solve_iqp(
     G: np.ndarray,
     space: OptionSpace,
-    budget_bytes: int,
+    budget_bytes: Optional[int] = None,
     psd: str = "exact",
     solver: str = "auto",
     time_limit: float = 120.0,
     heuristic_seconds: Optional[float] = None,
     formulation: Optional[str] = None,
+    constraints: Optional[Constraints] = None,
 ) -> SolveResult:
-    """CLADO's program: minimize x'Gx over one-hot x within the budget.
+    """CLADO's program: minimize x'Gx over one-hot x within the size budget (when given) and the
+    other constraints (cost rows, allowed options, ties; constraints.py).
 
     psd="exact" minimizes x'Gx itself (see the module text); psd="shift" minimizes x'(G+λI)x,
     whose argmin over one-hot x is that of G; psd="clip" minimizes x'Cx with C = G with negative
@@ -245,38 +266,44 @@ def solve_iqp(
     if psd not in PSD_TREATMENTS:
         raise UsageError(f"unknown PSD treatment {psd!r}; choose one of: {', '.join(PSD_TREATMENTS)}")
     time_limit = _checked_time_limit(time_limit)
-    check_budget(space, budget_bytes)
+    red = _constraints(space, budget_bytes, constraints)
     if psd == "exact":
         formulation = formulation or DEFAULT_FORMULATION
         if formulation not in FORMULATIONS:
             raise UsageError(f"unknown formulation {formulation!r}; choose one of: {', '.join(FORMULATIONS)}")
-        return _solve_exact(G, space, budget_bytes, solver, time_limit, heuristic_seconds, formulation)
-    abs_tol = _abs_tolerance(G, space)
+        result = _solve_exact(G, red, solver, time_limit, heuristic_seconds, formulation)
+        result.constraints = red.report(result.choice, G)
+        return result
+    prog_G = red.program(G)
+    abs_tol = _abs_tolerance(prog_G)
     if psd == "clip":
         Q, lam, gaps = clip_psd(G), None, (REL_GAP, ABS_GAP)
     else:
         lam = shift_lambda(G)
         Q = G + lam * np.eye(n)
         # the tolerance asked of the solver is on x'Gx: an absolute gap from a quick incumbent
-        prog = _program(G, space, budget_bytes)
-        estimate = prog.value(incumbent(prog, time_limit=min(0.2, 0.05 * time_limit)))
+        start = incumbent(prog_G, time_limit=min(0.2, 0.05 * time_limit))
+        estimate = prog_G.value(start) if start is not None else 0.0
         gaps = (0.0, max(abs_tol, REL_GAP * abs(estimate)))
+    Q_red = red.reduce_matrix(Q)
 
     def build(backend: _Backend) -> _Model:
         import cvxpy as cp
 
-        x = cp.Variable(n, boolean=True)
-        constraints = _common_constraints(x, space, budget_bytes)
+        prog = red.program(Q)
+        x = cp.Variable(len(prog.layer), boolean=True)
+        constraints = _common_constraints(x, prog)
         if backend.name == "gurobi":
-            objective = cp.quad_form(x, cp.psd_wrap(Q))
-            formulation = f"quadratic objective on {n} binaries"
+            objective = cp.quad_form(x, cp.psd_wrap(Q_red))
+            formulation = f"quadratic objective on {len(prog.layer)} binaries"
         else:
-            objective, pair_constraints, n_pairs = _pair_linearization(Q, space, x)
-            constraints += pair_constraints
-            formulation = f"pair linearization: {n} binaries, {n_pairs} pair variables"
+            m = build_linearization(prog, budget_rlt=False)
+            objective, rows = _linear_rows(m, x)
+            constraints += rows
+            formulation = f"pair linearization: {m.n_x} binaries, {m.n_cols - m.n_x} pair variables"
         return _Model(cp.Problem(cp.Minimize(objective), constraints), x, True, formulation)
 
-    result = _solve(space, budget_bytes, solver, time_limit, build, lambda x: float(x @ Q @ x), gaps=gaps)
+    result = _solve(red, solver, time_limit, build, lambda x: float(x @ Q @ x), gaps=gaps)
     x = space.one_hot(result.choice)
     true_value = float(x @ G @ x)
     result.minimized_objective, result.minimized_bound = result.objective, result.best_bound
@@ -295,25 +322,31 @@ def solve_iqp(
         result.best_bound, result.gap = None, None
         result.solver_note += "; clip minimizes x'Cx (C = G with negative eigenvalues clipped), a different program: optimal refers to it, and there is no bound on x'Gx"
     result.gap_percent = None if result.gap is None else 100.0 * result.gap
+    result.constraints = red.report(result.choice, G)
     return result
 
 
-def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: str, time_limit: float,
+def _solve_exact(G: np.ndarray, red: Reduction, solver: str, time_limit: float,
                  heuristic_seconds: Optional[float], formulation: str) -> SolveResult:
+    space = red.space
     started = time.perf_counter()
     deadline = started + time_limit
-    prog = _program(G, space, budget_bytes)
-    abs_tol = _abs_tolerance(G, space)
+    prog = red.program(G)
+    abs_tol = _abs_tolerance(prog)
     seconds = min(HEURISTIC_SECONDS, 0.1 * time_limit) if heuristic_seconds is None else float(heuristic_seconds)
     opts = incumbent(prog, time_limit=seconds)
-    inc_value = prog.value(opts)
-    inc_note = f"incumbent {inc_value:.6g} (greedy, local search, neighbourhood search) in {time.perf_counter() - started:.2f} s"
+    inc_value = prog.value(opts) if opts is not None else None
+    inc_note = (f"incumbent {inc_value:.6g} (greedy, local search, neighbourhood search) in {time.perf_counter() - started:.2f} s"
+                if opts is not None else "the heuristic found no choice meeting every budget; the solver searched without a start")
     backends, skipped = _backends_for(solver, EXACT_AUTO_ORDER, allow_none=True)
     explicit = (solver or "").strip().lower() != "auto"
     notes = list(skipped)
 
     def result(opts, bound, root, proven, status, name, note):
-        choice = _choice(space, opts)
+        if opts is None:
+            raise SolverError(f"{name} found no choice meeting every budget within the time limit of {time_limit:g} s ({note}); "
+                              "raise time_limit or loosen a budget", params=("time_limit",))
+        choice = red.choice(opts)
         value = prog.value(opts)
         if bound is not None and bound > value:
             bound = value  # equal to the solver's tolerance
@@ -338,7 +371,9 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
                     raise SolverError(f"highs failed ({exc}); try another solver: scip, gurobi") from exc
                 notes.append(f"highs failed ({exc})")
                 continue
-            proven = out.proven or _closed(out.value, out.bound, abs_tol)
+            if out.infeasible:
+                raise _infeasible(red, "highs")
+            proven = out.opts is not None and (out.proven or _closed(out.value, out.bound, abs_tol))
             status = "time_limit" if time.perf_counter() >= deadline - 0.01 else "not_proven"
             return result(out.opts, out.bound, out.root_bound, proven, status, "highs",
                           f"{why}; formulation {formulation}; {inc_note}; " + "; ".join(out.notes))
@@ -346,10 +381,10 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
             return result(opts, None, None, False, "time_limit", backend.name,
                           f"{why}; {inc_note}; the time limit was spent before {backend.name} could start; the incumbent is the answer")
         lam = shift_lambda(G) if backend.name == "gurobi" else 0.0
-        model_of = _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, FORMULATIONS[formulation][0])
+        model_of = _exact_cvxpy_model(G, red, prog, opts, lam, FORMULATIONS[formulation][0])
         try:
-            r = _solve(space, budget_bytes, backend.name, remaining, model_of, lambda x: float(x @ G @ x),
-                       gaps=(0.0, max(abs_tol, REL_GAP * abs(inc_value))), order=EXACT_AUTO_ORDER,
+            r = _solve(red, backend.name, remaining, model_of, lambda x: float(x @ G @ x),
+                       gaps=(0.0, max(abs_tol, REL_GAP * abs(inc_value or 0.0))), order=EXACT_AUTO_ORDER,
                        backends=([backend], []))
         except _NoSolution as exc:
             return result(opts, None, None, False, "time_limit", backend.name,
@@ -360,40 +395,42 @@ def _solve_exact(G: np.ndarray, space: OptionSpace, budget_bytes: int, solver: s
             notes.append(str(exc).split("; try another solver")[0])
             continue
         bound = None if r.best_bound is None else r.best_bound - lam * space.n_layers
-        best = np.asarray(space.one_hot(r.choice)).reshape(space.n_layers, -1).argmax(axis=1) + prog.starts[:-1]
-        kept = "" if prog.value(best) <= inc_value else "; the solver's choice was worse than the incumbent, which is kept"
-        best = best if prog.value(best) <= inc_value else opts
-        proven = _closed(prog.value(best), bound, max(abs_tol, REL_GAP * abs(inc_value))) or (r.optimal and bound is not None)
+        best = red.opts_of(r.choice)
+        kept = ""
+        if opts is not None and prog.value(best) > inc_value:
+            best, kept = opts, "; the solver's choice was worse than the incumbent, which is kept"
+        value = prog.value(best)
+        proven = _closed(value, bound, max(abs_tol, REL_GAP * abs(value))) or (r.optimal and bound is not None)
         return result(best, bound, None, proven, r.status if r.status != "optimal" else "not_proven", backend.name,
                       f"{why}; {inc_note}; {r.solver_note.split('; ', 1)[-1]}{kept}")
     note = "; ".join(notes + ["no MIP solver could solve the model" if backends else "no MIP solver installed"])
+    if opts is None:
+        raise SolverError(f"{note}, and the heuristic found no choice meeting every budget at once; install highspy or loosen a budget")
     return result(opts, None, None, False, "heuristic", "heuristic",
                   f"{note}: the heuristic's choice ({inc_note}), not proven optimal; install highspy for a proof")
 
 
-def _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, budget_rlt):
+def _exact_cvxpy_model(G, red: Reduction, prog: OneHotProgram, opts, lam, budget_rlt):
     """build(backend) for scip (the linearization with budget RLT rows) and gurobi (x'(G+λI)x,
     which is x'Gx + λL on one-hot x); both start from the incumbent where CVXPY passes it on."""
 
     def build(backend: _Backend) -> _Model:
         import cvxpy as cp
 
-        n = space.n_options
+        n = len(prog.layer)
         x = cp.Variable(n, boolean=True)
-        x.value = space.one_hot(_choice(space, opts))
-        constraints = _common_constraints(x, space, budget_bytes)
+        if opts is not None:
+            start = np.zeros(n)
+            start[np.asarray(opts)] = 1.0
+            x.value = start
+        constraints = _common_constraints(x, prog)
         if backend.name == "gurobi":
-            objective = cp.quad_form(x, cp.psd_wrap(G + lam * np.eye(n)))
+            objective = cp.quad_form(x, cp.psd_wrap(red.reduce_matrix(G + lam * np.eye(len(G)))))
             formulation = f"quadratic objective x'(G+λI)x on {n} binaries, λ = {lam:.3g}, reported as x'Gx"
         else:
             m = build_linearization(prog, budget_rlt=budget_rlt)
-            y = cp.Variable(m.n_cols - n, nonneg=True)
-            A = m.A.tocsc()
-            Ax = A[:, :n] @ x + A[:, n:] @ y
-            eq = m.row_lower == m.row_upper
-            up = np.isfinite(m.row_upper) & ~eq
-            constraints += [Ax[np.nonzero(eq)[0]] == m.row_lower[eq], Ax[np.nonzero(up)[0]] <= m.row_upper[up], y <= 1]
-            objective = m.c[:n] @ x + m.c[n:] @ y + m.offset
+            objective, rows = _linear_rows(m, x)
+            constraints += rows
             formulation = (f"pair linearization with one-hot{' and budget' if budget_rlt else ''} RLT rows: {n} binaries, "
                            f"{m.n_cols - n} pair variables, {m.A.shape[0]} rows")
         return _Model(cp.Problem(cp.Minimize(objective), constraints), x, True, formulation)
@@ -404,19 +441,26 @@ def _exact_cvxpy_model(G, space, budget_bytes, prog, opts, lam, budget_rlt):
 def solve_ilp(
     s: np.ndarray,
     space: OptionSpace,
-    budget_bytes: int,
+    budget_bytes: Optional[int] = None,
     solver: str = "auto",
     time_limit: float = 120.0,
+    constraints: Optional[Constraints] = None,
 ) -> SolveResult:
-    """The per-layer methods' program: minimize s'x over one-hot x within the budget."""
+    """The per-layer methods' program: minimize s'x over one-hot x within the size budget (when
+    given) and the other constraints."""
     n = space.n_options
     s = finite_array(s, (n,), "the sensitivity vector")
+    red = _constraints(space, budget_bytes, constraints)
+    prog = red.program(np.diag(s))
+    s_red = red.reduce_vector(s)
 
     def build(backend: _Backend) -> _Model:
         import cvxpy as cp
 
-        x = cp.Variable(n, boolean=True)
-        problem = cp.Problem(cp.Minimize(s @ x), _common_constraints(x, space, budget_bytes))
-        return _Model(problem, x, False, f"linear objective on {n} binaries")
+        x = cp.Variable(len(s_red), boolean=True)
+        problem = cp.Problem(cp.Minimize(s_red @ x), _common_constraints(x, prog))
+        return _Model(problem, x, False, f"linear objective on {len(s_red)} binaries")
 
-    return _solve(space, budget_bytes, solver, time_limit, build, lambda x: float(s @ x))
+    result = _solve(red, solver, time_limit, build, lambda x: float(s @ x))
+    result.constraints = red.report(result.choice, np.diag(s))
+    return result

@@ -120,8 +120,18 @@ def test_prep_optimize_evaluate_inspect_end_to_end(cfg_file, tmp_path):
 
     heat = tmp_path / "heat.png"
     csv = tmp_path / "sens.csv"
-    rep = json.loads(invoke("inspect", "-c", cfg_file, "--heatmap", heat, "--csv", csv, "--json", "-q").stdout)
-    assert heat.stat().st_size > 1000 and csv.read_text().count("\n") == 1 + 3 * 12
+    pairs = tmp_path / "pairs.csv"
+    rep = json.loads(invoke("inspect", "-c", cfg_file, "--heatmap", heat, "--csv", csv, "--csv-pairs", pairs,
+                            "--json", "-q").stdout)
+    # one row per method, layer and width; one per ordered pair of options of different layers
+    assert heat.stat().st_size > 1000 and csv.read_text().count("\n") == 1 + 3 * 12 * 3
+    assert pairs.read_text().count("\n") == 1 + 36 * 36 - 12 * 9
+    # the files give the cache's decisions again, without the cache (same widths, same prediction)
+    again = json.loads(invoke("optimize", "--sensitivities", csv, "--pairs", pairs, "--budgets", "avg:3,8",
+                              "--json", "-q").stdout)
+    assert [(d["method"], d["budget"]) for d in again] == [(d["method"], d["budget"]) for d in decisions]
+    for a, b in zip(decisions, again):
+        assert a["layers"] == b["layers"] and a["predicted_loss_increase"] == b["predicted_loss_increase"], a["method"]
     # the heatmap's numbers are the G entries computed from the cached Ltilde
     from clado_cli.methods import get_method, load_sensitivities
     from clado_cli.store.cache import Cache

@@ -123,7 +123,7 @@ def test_local_moves_keep_the_choice_within_the_budget_and_never_worsen_it():
 
 def test_heuristic_when_only_the_narrowest_choice_fits():
     space, G, _, prog = program(5, 6, 0.0)
-    prog.capacity = int(prog.size[prog.narrowest()].sum())
+    prog = OneHotProgram(prog.Q, prog.layer, prog.costs, prog.used(prog.narrowest()))
     assert np.array_equal(incumbent(prog, time_limit=0.2), prog.narrowest())
 
 
