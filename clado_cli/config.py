@@ -145,6 +145,95 @@ class QuantConfig(_Section):
     activation: QuantizerConfig = Field(
         default_factory=lambda: QuantizerConfig(observer="EMAMSEObserver", symmetric=False))
 
+    # (weight bits, activation bits) of every option of a decided layer, e.g. [[2, 8], [4, 8], [4, 4]];
+    # replaces weight_candidates and activation_bits (null: their product, as before)
+    options: Optional[List[List[int]]] = None
+    # activation widths whose product with weight_candidates gives the options (null: activation_bits)
+    activation_candidates: Optional[List[int]] = None
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v):
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("needs at least one [weight bits, activation bits] pair")
+        for p in v:
+            if len(p) != 2:
+                raise ValueError(f"each option is a [weight bits, activation bits] pair, not {p}")
+            if any(b < 2 or b > 16 for b in p):
+                raise ValueError(f"option {p}: widths must lie in 2..16")
+        pairs = [tuple(p) for p in v]
+        dup = next((p for i, p in enumerate(pairs) if p in pairs[:i]), None)
+        if dup is not None:
+            raise ValueError(f"option {list(dup)} is given twice")
+        return [list(p) for p in sorted(pairs)]
+
+    @field_validator("activation_candidates")
+    @classmethod
+    def _act_candidates(cls, v):
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("needs at least one width")
+        if any(b < 2 or b > 16 for b in v):
+            raise ValueError("widths must lie in 2..16")
+        if len(set(v)) != len(v):
+            raise ValueError("widths must be distinct")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _one_option_source(self):
+        if self.options is not None:
+            if self.activation_candidates is not None:
+                raise ValueError("give quant.options or quant.activation_candidates, not both")
+            for key in ("weight_candidates", "activation_bits"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"give quant.options or quant.{key}, not both (options fix both widths)")
+        elif self.activation_candidates is not None and "activation_bits" in self.model_fields_set:
+            raise ValueError("give quant.activation_candidates or quant.activation_bits, not both")
+        return self
+
+    def pairs(self) -> List[tuple]:
+        """(weight bits, activation bits) of every option, sorted by weight then activation bits."""
+        if self.options is not None:
+            return [tuple(p) for p in self.options]
+        acts = self.activation_candidates or [self.activation_bits]
+        return sorted((w, a) for w in self.weight_candidates for a in acts)
+
+    def weight_widths(self) -> List[int]:
+        """The distinct weight widths of the options, ascending."""
+        return sorted({w for w, _ in self.pairs()})
+
+    def option_label(self, w: int, a: int) -> str:
+        """How an option is written: `4` (weight bits) with one activation width, else `w4a8`."""
+        return f"w{w}a{a}" if self.act_options else f"{w}"
+
+    def act_widths(self) -> List[int]:
+        return sorted({a for _, a in self.pairs()})
+
+    @property
+    def act_options(self) -> bool:
+        """Whether the options differ in activation width (else every decided layer's input keeps
+        one width and everything is as without options)."""
+        return len(self.act_widths()) > 1
+
+    def manifest_dump(self) -> Dict[str, Any]:
+        """The settings as the cache manifest records them. Options with one activation width are
+        recorded as the weight candidates and activation_bits they equal, and a config without
+        options records exactly what it did before options existed, so its fingerprint stays."""
+        d = self.model_dump(mode="json")
+        d.pop("options")
+        d.pop("activation_candidates")
+        pairs = self.pairs()
+        if not self.act_options:   # one activation width: the weight widths are distinct
+            d["weight_candidates"], d["activation_bits"] = [w for w, _ in pairs], pairs[0][1]
+            return d
+        d.pop("weight_candidates")
+        d.pop("activation_bits")
+        d["options"] = [list(p) for p in pairs]
+        return d
+
     @field_validator("weight_candidates")
     @classmethod
     def _candidates(cls, v: List[int]) -> List[int]:
@@ -282,7 +371,16 @@ class Config(_Section):
         return self
 
     def to_dict(self) -> Dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"source"})
+        d = self.model_dump(mode="json", exclude={"source"})
+        q = d["quant"]
+        for key in ("options", "activation_candidates"):   # unset: as before these keys existed
+            if q[key] is None:
+                del q[key]
+        # the keys they replace are left out, so that the dict loads back as a valid config
+        for key in ("weight_candidates", "activation_bits") if "options" in q else \
+                ("activation_bits",) if "activation_candidates" in q else ():
+            del q[key]
+        return d
 
 
 def _format_validation_error(err: ValidationError, where: str, flags: Optional[Mapping[str, str]] = None) -> str:

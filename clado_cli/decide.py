@@ -33,9 +33,12 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
     ties and per-layer widths the program was solved under (every cost is reported)."""
     m = cache.manifest
     method = get_method(sens.method)
-    a_bits = m["quant"]["activation_bits"]
     fw, fa = m["layers"]["fixed_weight_bits"], m["layers"]["fixed_activation_bits"]
     bits = {name: int(b) for name, b in zip(sens.space.layer_names, res.bits)}
+    # each layer's input width: its option's (quant.options) or the one activation width
+    pairs = sens.space.pairs
+    a_bits = {name: int(pairs[k][1] if pairs[k][1] is not None else m["quant"]["activation_bits"])
+              for name, k in zip(sens.space.layer_names, res.choice)}
     fixed = [name for name, _ in m["layers"]["fixed"]]
     warnings = sens.warnings()
     if not res.optimal:
@@ -51,7 +54,7 @@ def make_decision(cache: Cache, sens: Sensitivities, budget: Budget, res, predic
         "method": sens.method,
         "psd": psd if method.uses_psd else None,
         "budget": budget.to_dict(),
-        "layers": {name: {"w_bits": b, "a_bits": a_bits} for name, b in bits.items()},
+        "layers": {name: {"w_bits": b, "a_bits": a_bits[name]} for name, b in bits.items()},
         "fixed_layers": {name: {"w_bits": fw, "a_bits": fa} for name in fixed},
         "sizes": sizes_triple(sens.space.size_of(res.choice), fixed_bytes_of(m)),
         "costs": costs,
@@ -183,7 +186,7 @@ def resolve_plan(cache: Cache, layers_cfg, size_budget: Optional[str] = None, av
     m = cache.manifest
     return plan_for_space(space_of(m), layers_cfg, size_budget, avg_bits, budgets, bops_budget, others, cost_files,
                           config_budgets, config_costs, shared_inputs, size_specs, cache.load_layer_costs() or macs,
-                          m["quant"]["activation_bits"], [n for n, _ in m["layers"]["fixed"]])
+                          m["quant"].get("activation_bits", 8), [n for n, _ in m["layers"]["fixed"]])
 
 
 def plan_for_space(space, layers_cfg, size_budget: Optional[str] = None, avg_bits: Optional[float] = None,
@@ -239,7 +242,7 @@ def plan_for_space(space, layers_cfg, size_budget: Optional[str] = None, avg_bit
         if b.bytes is not None:
             check_budget(space, b.bytes)
         Reduction(space, cons if b.bytes is None else cons.with_row(size_row(space, b.bytes, b.given))).check()
-    restricted = {names[l]: a for l, a in enumerate(allowed) if a != sorted(space.candidates)}
+    restricted = {names[l]: a for l, a in enumerate(allowed) if a != sorted(set(space.candidates))}
     return Plan(points, costs, [[names[l] for l in g] for g in ties], restricted, files, shas)
 
 

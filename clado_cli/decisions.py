@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .errors import InputError
 
@@ -20,14 +20,24 @@ def sizes_triple(decided_bytes: float, fixed_bytes: float) -> Dict[str, float]:
             "total_bytes": float(decided_bytes) + float(fixed_bytes)}
 
 
-def bops_report(macs: Mapping[str, int], bits_by_layer: Mapping[str, int], a_bits: int,
+def bops_report(macs: Mapping[str, int], bits_by_layer: Mapping[str, int], a_bits: Union[int, Mapping[str, int]],
                 fixed: Sequence[str], fixed_w_bits: int, fixed_a_bits: int) -> Dict[str, Dict[str, int]]:
     """MACs and BOPs (MACs · weight bits · activation bits) of the decided layers at their
-    widths and of the fixed layers at theirs (docs/methods.md, "Sizes and budgets")."""
-    decided = sum(macs[n] * int(b) * a_bits for n, b in bits_by_layer.items())
+    widths and of the fixed layers at theirs (docs/methods.md, "Sizes and budgets"). `a_bits`:
+    the decided layers' one activation width, or each layer's."""
+    act = a_bits if isinstance(a_bits, Mapping) else {n: a_bits for n in bits_by_layer}
+    decided = sum(macs[n] * int(b) * int(act[n]) for n, b in bits_by_layer.items())
     fixed_bops = sum(macs[n] * fixed_w_bits * fixed_a_bits for n in fixed)
     return {"macs": {"decided": sum(macs[n] for n in bits_by_layer), "fixed": sum(macs[n] for n in fixed)},
             "bops": {"decided": decided, "fixed": fixed_bops, "total": decided + fixed_bops}}
+
+
+def option_keys(decision: Mapping[str, Any], act_options: bool) -> Dict[str, Any]:
+    """Each decided layer's option as QuantModel applies it: its weight width, or, when the
+    options differ in activation width, the pair (weight bits, activation bits)."""
+    if act_options:
+        return {n: (int(s["w_bits"]), int(s["a_bits"])) for n, s in decision["layers"].items()}
+    return {n: int(s["w_bits"]) for n, s in decision["layers"].items()}
 
 
 def schema() -> Dict[str, Any]:

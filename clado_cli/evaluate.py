@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .console import warn
-from .decisions import bops_report, sizes_triple
+from .decisions import bops_report, option_keys, sizes_triple
 from .errors import InputError
 
 
@@ -68,14 +68,21 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
         raise InputError(f"{where} was made for another model or config (cache fingerprint {fp}, "
                          f"this config's is {session.fingerprint})")
     cfg = session.cfg
-    cands = cfg.quant.weight_candidates
+    pairs = cfg.quant.pairs()
+    cands = cfg.quant.weight_widths()
     for name, spec in decision["layers"].items():
         if spec["w_bits"] not in cands:
             raise InputError(f"{where}: layer {name} has w_bits {spec['w_bits']}, not one of the candidates {cands}")
-        if not from_file and spec["a_bits"] != cfg.quant.activation_bits:
+        if not from_file and not cfg.quant.act_options and spec["a_bits"] != pairs[0][1]:
             raise InputError(f"{where}: layer {name} has a_bits {spec['a_bits']}, but its input activations are "
-                             f"quantized at {cfg.quant.activation_bits} bits in this set-up")
+                             f"quantized at {pairs[0][1]} bits in this set-up")
+        if not from_file and (spec["w_bits"], spec["a_bits"]) not in pairs:
+            raise InputError(f"{where}: layer {name} has w_bits/a_bits {spec['w_bits']}/{spec['a_bits']}, not one of "
+                             f"the options {[list(p) for p in pairs]}")
     if from_file:
+        if cfg.quant.act_options:
+            raise InputError(f"{where} was solved on sensitivity files, which carry no activation widths, but this "
+                             f"set-up's options differ in activation width (quant.options)")
         return
     fixed = {l.name for l in session.plan.fixed}
     if set(decision["fixed_layers"]) != fixed:
@@ -88,11 +95,18 @@ def check_decision(session, decision: Dict[str, Any], where: str = "decision") -
                              f"fixed layers are at {want[0]}/{want[1]} bits in this set-up")
 
 
-def bops_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, int]:
+def _w(key) -> int:
+    """The weight width of an option key (a width, or a (weight, activation) pair)."""
+    return int(key[0]) if isinstance(key, tuple) else int(key)
+
+
+def bops_for(session, keys: Dict[str, Any]) -> Dict[str, int]:
     """BOPs of the model as evaluated: decided layers at their widths, fixed at theirs, every
     input activation at its width (MACs per sample at the data's input shape)."""
     cfg = session.cfg
-    return bops_report(session.layer_macs, bits_by_layer, cfg.quant.activation_bits, session.plan.fixed_names,
+    one = cfg.quant.pairs()[0][1]
+    acts = {n: int(k[1]) if isinstance(k, tuple) else one for n, k in keys.items()}
+    return bops_report(session.layer_macs, {n: _w(k) for n, k in keys.items()}, acts, session.plan.fixed_names,
                        cfg.layers.fixed_weight_bits, cfg.layers.fixed_activation_bits)["bops"]
 
 
@@ -107,7 +121,7 @@ def decision_label(decision: Dict[str, Any]) -> str:
 
 def sizes_for(session, bits_by_layer: Dict[str, int]) -> Dict[str, float]:
     plan, cfg = session.plan, session.cfg
-    decided = sum(l.numel * bits_by_layer[l.name] / 8 for l in plan.decided)
+    decided = sum(l.numel * _w(bits_by_layer[l.name]) / 8 for l in plan.decided)
     fixed = sum(l.numel * cfg.layers.fixed_weight_bits / 8 for l in plan.fixed)
     return sizes_triple(decided, fixed)
 
@@ -134,7 +148,7 @@ def evaluate_decision(session, decision: Dict[str, Any], where: str = "decision"
     """Top-1/top-5/loss of a decision; a decision with the same bits as one evaluated before in
     this session (methods often agree at a budget) reuses its numbers ("reused": true)."""
     check_decision(session, decision, where)
-    bits = {n: int(s["w_bits"]) for n, s in decision["layers"].items()}
+    bits = option_keys(decision, session.cfg.quant.act_options)
     metrics = _evaluate_bits(session, bits)
     warnings = list(decision.get("warnings", []))
     fl = session.float_metrics
@@ -169,14 +183,18 @@ def evaluate_uniform(session, widths: Iterable[int], include_float: bool = True)
         rows.append({"kind": "float", "label": "float", **m,
                      "sizes": sizes_triple(sum(l.numel * 4 for l in session.plan.decided),
                                            sum(l.numel * 4 for l in session.plan.fixed))})
+    q = session.cfg.quant
     for b in widths:
-        if b not in session.cfg.quant.weight_candidates:
-            raise InputError(f"uniform {b}: not one of the candidate widths {session.cfg.quant.weight_candidates}",
+        if b not in q.weight_widths():
+            raise InputError(f"uniform {b}: not one of the candidate widths {q.weight_widths()}",
                              params=("uniform",))
-        m = _evaluate_bits(session, {n: b for n in session.plan.decided_names})
-        rows.append({"kind": "uniform", "bits": b, "label": f"uniform {b}-bit", **m,
-                     "sizes": sizes_for(session, {n: b for n in session.plan.decided_names}),
-                     "bops": bops_for(session, {n: b for n in session.plan.decided_names})})
+        # with activation options: weight width b at the widest activation width paired with it
+        key = max(p for p in q.pairs() if p[0] == b) if q.act_options else b
+        label = f"uniform {b}-bit" if not q.act_options else f"uniform w{key[0]}a{key[1]}"
+        keys = {n: key for n in session.plan.decided_names}
+        m = _evaluate_bits(session, keys)
+        rows.append({"kind": "uniform", "bits": b, "label": label, **m,
+                     "sizes": sizes_for(session, keys), "bops": bops_for(session, keys)})
     if include_float:
         warnings = sanity_warnings(session, rows)
         for w in warnings:

@@ -1,6 +1,8 @@
 """`clado inspect`: per-layer sensitivities of each cached method, and the CLADO cross-layer
-interaction terms G[(l,b),(m,b)] between layers l≠m at one width b (the paper's Figure 1); as
-CSV files that `clado optimize --sensitivities/--pairs` reads back (clado_cli/sensfile.py)."""
+interaction terms G[(l,b),(m,b)] between layers l≠m at one width b (the paper's Figure 1), or,
+with activation options, at one option pair (w4a8), or at two (`w4a8:w2a8`: rows at the first,
+columns at the second); as CSV files that `clado optimize --sensitivities/--pairs` reads back
+(clado_cli/sensfile.py; weight widths only: a set-up with activation options has no CSV form)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -12,18 +14,29 @@ from .methods import get_method, load_sensitivities, prep_method_names, space_of
 from .store import Cache
 
 
-def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]] = None,
-            pairs_csv=None) -> Dict[str, Any]:
-    """The report; `pairs_csv`: also write CLADO's pair terms there (`write_pairs_csv`)."""
+def _option_index(space, text: str) -> int:
+    labels = [space.label(k) for k in range(len(space.candidates))]
+    if text not in labels:
+        raise UsageError(f"bits {text}: not one of the options {', '.join(labels)}", params=("bits",))
+    return labels.index(text)
+
+
+def inspect(cache: Cache, bits=None, ks: Optional[Sequence[int]] = None, pairs_csv=None) -> Dict[str, Any]:
+    """The report. `bits`: the option of the interaction heatmap, a width (4, or "4") or a pair
+    label ("w4a8"), or "A:B" for rows at option A and columns at option B (default: the first);
+    `pairs_csv`: also write CLADO's pair terms there (`write_pairs_csv`)."""
     space = space_of(cache.manifest)
     B = len(space.candidates)
-    bits = bits if bits is not None else space.candidates[0]
-    if bits not in space.candidates:
-        raise UsageError(f"bits {bits}: not one of the candidates {space.candidates}", params=("bits",))
-    k = space.candidates.index(bits)
+    parts = str(bits).split(":") if bits is not None else [space.label(0)]
+    if len(parts) > 2:
+        raise UsageError(f"bits {bits}: give one option or two as A:B", params=("bits",))
+    k, k2 = _option_index(space, parts[0]), _option_index(space, parts[-1])
+    shown = int(parts[0]) if space.act_bits is None and len(parts) == 1 else ":".join(parts)
     per_layer: Dict[str, Dict[str, List[float]]] = {}
     out: Dict[str, Any] = {"fingerprint": cache.fingerprint, "layers": space.layer_names,
-                           "numel": space.numel, "candidates": space.candidates, "methods": {}}
+                           "numel": space.numel, "candidates": space.candidates,
+                           "act_bits": space.act_bits, "options": [space.label(i) for i in range(B)],
+                           "methods": {}}
     for method in prep_method_names():
         m = get_method(method)
         if not cache.batches(m.stored):
@@ -37,10 +50,10 @@ def inspect(cache: Cache, bits: Optional[int] = None, ks: Optional[Sequence[int]
         if getattr(sens, "traces", None) is not None:
             out["methods"][method]["traces"] = sens.traces.tolist()
         if getattr(sens, "G", None) is not None:
-            idx = np.arange(space.n_layers) * B + k
-            inter = sens.G[np.ix_(idx, idx)].copy()
+            idx = np.arange(space.n_layers) * B
+            inter = sens.G[np.ix_(idx + k, idx + k2)].copy()
             np.fill_diagonal(inter, 0.0)
-            out["interaction"] = {"bits": bits, "matrix": inter.tolist(),
+            out["interaction"] = {"bits": shown, "matrix": inter.tolist(),
                                   "definition": "G[(l,b),(m,b)] = L(l,m) - L(l) - L(m) + L0, diagonal blanked"}
             if pairs_csv is not None:
                 write_pairs_csv(space, sens.Ltilde, pairs_csv)
@@ -63,6 +76,9 @@ def write_csv(rep: Dict[str, Any], path) -> None:
     from .sensfile import COLUMNS, csv_bytes, option_rows
     from .store import atomic_write
 
+    if rep.get("act_bits") is not None:
+        raise UsageError("--csv: the sensitivities file format has weight widths only, and this cache's options "
+                         "differ in activation width", params=("csv",))
     space = OptionSpace(rep["layers"], rep["candidates"], rep["numel"])
     rows = [r for m, info in rep["methods"].items() for r in option_rows(m, space, info["per_layer"])]
     atomic_write(Path(path), csv_bytes(COLUMNS, rows))
@@ -76,6 +92,9 @@ def write_pairs_csv(space, Ltilde, path) -> None:
     from .sensfile import PAIR_COLUMNS, csv_bytes, pair_rows
     from .store import atomic_write
 
+    if space.act_bits is not None:
+        raise UsageError("--csv-pairs: the pairs file format has weight widths only, and this cache's options "
+                         "differ in activation width", params=("pairs_csv",))
     atomic_write(Path(path), csv_bytes(PAIR_COLUMNS, pair_rows(space, Ltilde)))
 
 

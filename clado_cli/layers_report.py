@@ -15,11 +15,15 @@ def layers_report(session, costs: Sequence[Tuple[str, str]] = ()) -> Dict[str, A
 
     plan = session.plan
     cfg = session.cfg
-    cands = cfg.quant.weight_candidates
+    cands = cfg.quant.weight_widths()
+    pairs = cfg.quant.pairs()
     fixed_bits = cfg.layers.fixed_weight_bits
     decided_numel = sum(l.numel for l in plan.decided)
     fixed_bytes = sum(l.numel * fixed_bits / 8 for l in plan.fixed)
-    tables = [read_cost_table(path, name, plan.decided_names, cands, a_bits=cfg.quant.activation_bits,
+    # cost tables per option: its weight width (and activation width, with activation options)
+    labels = [cfg.quant.option_label(w, a) for w, a in pairs]
+    acts = [a for _, a in pairs] if cfg.quant.act_options else pairs[0][1]
+    tables = [read_cost_table(path, name, plan.decided_names, [w for w, _ in pairs], a_bits=acts,
                               fixed_names=plan.fixed_names) for name, path in costs]
     layers = []
     macs = session.layer_macs
@@ -30,6 +34,7 @@ def layers_report(session, costs: Sequence[Tuple[str, str]] = ()) -> Dict[str, A
         d = l.to_dict()
         if l.name in macs:
             d["macs"] = macs[l.name]
+            d["act_elements"] = session.layer_act_elements[l.name]
         if l.role == "decided":
             d["bytes"] = {str(b): l.numel * b / 8 for b in cands}
             # the widths the program may give it (layers.widths, narrowed by its tie group) and
@@ -37,12 +42,12 @@ def layers_report(session, costs: Sequence[Tuple[str, str]] = ()) -> Dict[str, A
             d["allowed_widths"] = cons.allowed[index[l.name]]
             d["tie"] = tie_of[index[l.name]]
             if tables:
-                d["costs"] = {t.name: {str(b): float(v) for b, v in zip(cands, t.values[index[l.name]])}
+                d["costs"] = {t.name: {lab: float(v) for lab, v in zip(labels, t.values[index[l.name]])}
                               for t in tables}
         elif l.role == "fixed":
             d["bytes"] = {str(fixed_bits): l.numel * fixed_bits / 8}
         layers.append(d)
-    L, B = len(plan.decided), len(cands)
+    L, B = len(plan.decided), len(pairs)
     from .quant.layers import FIRST_LAST_RULES
 
     return {
@@ -60,7 +65,7 @@ def layers_report(session, costs: Sequence[Tuple[str, str]] = ()) -> Dict[str, A
         # how many decided layers may take fewer than every candidate width
         # user cost tables: the file, whether it has an a_bits column, the decided layers' sum per uniform width
         "costs": {t.name: {"file": t.path, "has_a_bits": t.has_a_bits,
-                           "uniform": {str(b): float(t.values[:, k].sum()) for k, b in enumerate(cands)}}
+                           "uniform": {lab: float(t.values[:, k].sum()) for k, lab in enumerate(labels)}}
                   for t in tables},
         "constraints": {
             "tie_shared_input": cfg.layers.tie_shared_input,
@@ -70,7 +75,10 @@ def layers_report(session, costs: Sequence[Tuple[str, str]] = ()) -> Dict[str, A
             "restricted": sum(len(a) < len(cands) for a in cons.allowed),
             "notes": list(cons.notes),
         },
-        "activation_bits": cfg.quant.activation_bits,
+        # the decided layers' one input width, or None when the options carry their own
+        "activation_bits": None if cfg.quant.act_options else pairs[0][1],
+        # every option of a decided layer: its weight width, or a w4a8-style pair (quant.options)
+        "options": [cfg.quant.option_label(w, a) for w, a in pairs],
         "fixed_precision": {"weight_bits": fixed_bits, "activation_bits": cfg.layers.fixed_activation_bits},
         "layers": layers,
         "counts": {"decided": L, "fixed": len(plan.fixed), "skipped": len(plan.skipped), "options": L * B},

@@ -80,6 +80,7 @@ def measure_decisions(session, decisions: Sequence[Mapping[str, Any]],
     """Each decision's measured loss increase on its sensitivity batches and on held-out
     batches, its prediction beside them, their ratio, and warnings with the numbers. Decisions
     on the same batches share every batch's float pass, and each cache's singles are read once."""
+    from .decisions import option_keys
     from .methods import get_method
 
     out: List[Optional[Dict[str, Any]]] = [None] * len(decisions)
@@ -87,7 +88,7 @@ def measure_decisions(session, decisions: Sequence[Mapping[str, Any]],
     for i, d in enumerate(decisions):
         groups.setdefault(tuple(d["cache"]["batches"]), []).append(i)
     for ks, members in groups.items():
-        bits = [{name: int(s["w_bits"]) for name, s in decisions[i]["layers"].items()} for i in members]
+        bits = [option_keys(decisions[i], session.qmodel.act_options) for i in members]
         on_sens = loss_increases(session, bits, ks)
         val_ks = held_out_batches(session, ks, held_out)
         on_val = loss_increases(session, bits, val_ks) if val_ks else [None] * len(members)

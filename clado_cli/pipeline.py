@@ -62,7 +62,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
         decisions = [g[0] for g in groups]
     rows: List[Dict[str, Any]] = []
     log("evaluate float and uniform baselines")
-    rows += evaluate_uniform(session, uniform if uniform is not None else cfg.quant.weight_candidates)
+    rows += evaluate_uniform(session, uniform if uniform is not None else cfg.quant.weight_widths())
     log("measure each decision's loss increase (sensitivity and held-out batches)")
     for d, measured in zip(decisions, measure_decisions(session, decisions)):
         d["measured"] = measured

@@ -51,7 +51,7 @@ def pareto_plot(rows: List[Dict[str, Any]], path: Path, title: str, x: str = "si
         ax.scatter([x_of(r, x) for r in uni], [100 * r["top1"] for r in uni], marker="x",
                    s=80, color="black", label="uniform", zorder=5)
         for r in uni:
-            ax.annotate(f"{r['bits']}-bit", (x_of(r, x), 100 * r["top1"]),
+            ax.annotate(str(r.get("label", f"{r['bits']}-bit")).replace("uniform ", ""), (x_of(r, x), 100 * r["top1"]),
                         textcoords="offset points", xytext=(4, -12), fontsize=8)
     flt = [r for r in rows if r["kind"] == "float"]
     if flt:

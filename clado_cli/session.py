@@ -142,16 +142,27 @@ class Session:
         from .quant.ties import layer_constraints
 
         c = self.cfg
-        return layer_constraints(self.float_model, self.plan.decided_names, c.layers, c.quant.weight_candidates,
+        return layer_constraints(self.float_model, self.plan.decided_names, c.layers, c.quant.weight_widths(),
                                  self.example_input)
 
     @cached_property
-    def layer_macs(self) -> Dict[str, int]:
-        """MACs per sample of every decided and fixed layer at the data's input shape."""
-        from .quant.costs import layer_macs
+    def layer_costs(self):
+        """(MACs, input-activation elements) per sample of every decided and fixed layer at the
+        data's input shape, from one forward pass."""
+        from .quant.costs import layer_costs
 
         names = [l.name for l in self.plan.decided + self.plan.fixed]
-        return layer_macs(self.float_model, self.example_input, names)
+        return layer_costs(self.float_model, self.example_input, names)
+
+    @property
+    def layer_macs(self) -> Dict[str, int]:
+        """MACs per sample of every decided and fixed layer at the data's input shape."""
+        return self.layer_costs[0]
+
+    @property
+    def layer_act_elements(self) -> Dict[str, int]:
+        """Input-activation elements per sample of every decided and fixed layer (all calls)."""
+        return self.layer_costs[1]
 
     @cached_property
     def weights_hash(self) -> str:
@@ -183,16 +194,19 @@ class Session:
                      "calibration_size": c.data.calibration_size, "image_size": c.data.image_size,
                      # absent for "head", so caches made before the choice existed keep their name
                      **({"calibration_from": "tail"} if c.data.calibration_from == "tail" else {})},
-            "quant": c.quant.model_dump(mode="json"),
+            "quant": c.quant.manifest_dump(),
             "layers": {
                 "decided": [[l.name, l.numel] for l in self.plan.decided],
                 "fixed": [[l.name, l.numel] for l in self.plan.fixed],
                 "fixed_weight_bits": c.layers.fixed_weight_bits,
                 "fixed_activation_bits": c.layers.fixed_activation_bits,
             },
-            "candidates": list(c.quant.weight_candidates),
+            "candidates": [w for w, _ in c.quant.pairs()],
             "loss": c.prep.loss,
         }
+        if c.quant.act_options:
+            # options differ in activation width: candidate k is (candidates[k], act_bits[k])
+            m["act_bits"] = [a for _, a in c.quant.pairs()]
         if self.transform is not None:
             m["data"]["transform"] = {k: v for k, v in self.transform.items() if k not in ("source", "origin")}
         return m

@@ -206,7 +206,9 @@ def test_check_decision_of_a_file_decision_checks_the_widths_not_the_cache(hand,
 
     s, _ = hand
     d = json.loads(ok("optimize", "--sensitivities", s, "-m", "mpqco", "--avg-bits", "3", "--json", "-q").stdout)
-    cfg = SimpleNamespace(quant=SimpleNamespace(weight_candidates=[2, 4, 8], activation_bits=6),
+    from clado_cli.config import QuantConfig
+
+    cfg = SimpleNamespace(quant=QuantConfig(weight_candidates=[2, 4, 8], activation_bits=6),
                           layers=SimpleNamespace(fixed_weight_bits=8, fixed_activation_bits=8),
                           model=SimpleNamespace(name="m"))
     session = SimpleNamespace(cfg=cfg, fingerprint="f" * 16, plan=SimpleNamespace(

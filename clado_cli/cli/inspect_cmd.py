@@ -13,7 +13,8 @@ from .common import (CacheDirOpt, ConfigOpt, DataOpt, JsonOpt, ModelOpt, QuietOp
 @boundary
 def inspect(config: Optional[Path] = ConfigOpt,
             cache: Optional[Path] = typer.Option(None, "--cache", help="A fingerprint directory (default: the config's)."),
-            bits: Optional[int] = typer.Option(None, "--bits", help="Width for the interaction heatmap (default: smallest)."),
+            bits: Optional[str] = typer.Option(None, "--bits", help="Option for the interaction heatmap: a width (4), a pair "
+                                               "with activation options (w4a8), or two as w4a8:w2a8 (default: the first)."),
             heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the CLADO interaction heatmap PNG here."),
             csv: Optional[Path] = typer.Option(None, "--csv", help="Write every method's per-option sensitivities as CSV "
                                                "here (method,layer,numel,bits,value), for optimize --sensitivities."),
@@ -39,8 +40,9 @@ def inspect(config: Optional[Path] = ConfigOpt,
             from ..errors import UsageError
 
             raise UsageError("--heatmap needs CLADO sensitivities in the cache (run clado prep clado)")
+        a, _, b = str(rep["interaction"]["bits"]).partition(":")
         heatmap_plot(np.array(rep["interaction"]["matrix"]), rep["layers"], heatmap,
-                     f"CLADO cross-layer interactions G[(l,{rep['interaction']['bits']}),(m,{rep['interaction']['bits']})]")
+                     f"CLADO cross-layer interactions G[(l,{a}),(m,{b or a})]")
         rep["heatmap"] = str(heatmap)
     if csv is not None:
         write_csv(rep, csv)
@@ -52,8 +54,8 @@ def inspect(config: Optional[Path] = ConfigOpt,
                   caption="value ± standard error across batches; * within two standard errors of zero"
                   if info.get("per_layer_se") else None)
         t.add_column("layer")
-        for b in rep["candidates"]:
-            t.add_column(f"{b}-bit", justify="right")
+        for b in rep["options"]:
+            t.add_column(f"{b}-bit" if b.isdigit() else b, justify="right")
         ses = info.get("per_layer_se") or [None] * len(info["per_layer"])
         for name, vals, se in zip(rep["layers"], info["per_layer"], ses):
             # ± one standard error across batches; * marks a value within two of zero

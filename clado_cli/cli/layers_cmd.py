@@ -85,9 +85,13 @@ def layers(config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, 
     for b, s in rep["uniform_sizes"].items():
         u.add_row(f"{b}-bit", format_bytes(s["decided_bytes"]), format_bytes(s["fixed_bytes"]), format_bytes(s["total_bytes"]))
     out.print(u)
+    out.print(f"options per decided layer ({len(rep['options'])}): " + ", ".join(
+        o if "a" in o else f"{o}-bit" for o in rep["options"])
+        + (f"; inputs at {rep['activation_bits']} bits" if rep["activation_bits"] is not None else ""))
     for name, ct in rep["costs"].items():
         out.print(f"cost {name} ({ct['file']}), decided layers at one width: "
-                  + ", ".join(f"{b}-bit {v:.6g}" for b, v in ct["uniform"].items()), soft_wrap=True)
+                  + ", ".join(f"{b}-bit {v:.6g}" if b.isdigit() else f"{b} {v:.6g}" for b, v in ct["uniform"].items()),
+                  soft_wrap=True)
     c = rep["clado_prep_per_batch"]
     out.print(f"{rep['counts']['decided']} decided, {rep['counts']['fixed']} fixed, {rep['counts']['skipped']} skipped; "
               f"CLADO prep: {c['forward_passes']:,} forward passes per batch ({c['singles']} singles, {c['pairs']:,} pairs)")

@@ -155,7 +155,9 @@ def decisions_table(decisions, space, title: str) -> Table:
         cells = []
         for d in decisions:
             b = d["layers"][name]["w_bits"]
-            cells.append(f"{b} ({format_bytes(space.numel[l] * b / 8)})")
+            # with activation options: the decided pair, w4a8
+            shown = f"w{b}a{d['layers'][name]['a_bits']}" if space.act_bits is not None else f"{b}"
+            cells.append(f"{shown} ({format_bytes(space.numel[l] * b / 8)})")
         t.add_row(name, f"{space.numel[l]:,}", *cells)
     t.add_row("decided size", "", *[format_bytes(d["sizes"]["decided_bytes"]) for d in decisions])
     t.add_row("total size", "", *[format_bytes(d["sizes"]["total_bytes"]) for d in decisions])

@@ -17,6 +17,9 @@ def optimize_from_file(cfg, sensitivities: Path, pairs: Optional[Path], wanted: 
     from ..errors import UsageError
     from ..methods import SolveOptions
 
+    if cfg.quant.act_options:
+        raise UsageError("sensitivity files carry weight widths only, and this config's options differ in activation "
+                         "width (quant.options): solve on a cache", params=("sensitivities",))
     methods = wanted if wanted is not None else file_methods(sensitivities, pairs)
     if wanted is None:
         log(f"methods the sensitivities file serves: {', '.join(methods)}")

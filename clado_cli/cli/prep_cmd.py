@@ -74,7 +74,8 @@ def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model,
         print_json(summary)
     elif summary.get("dry_run"):
         out.print(f"{method}: would compute batches {summary['to_compute'] or 'none'} "
-                  f"(cached: {summary['already_cached'] or 'none'}); per batch {summary['per_batch']}; "
+                  f"(cached: {summary['already_cached'] or 'none'}); {len(summary['options'])} options per layer "
+                  f"({', '.join(summary['options'])}); per batch {summary['per_batch']}; "
                   f"about {summary['estimated_seconds']} s and {summary['estimated_cache_bytes']:,} bytes of cache")
         if summary.get("suggestion"):
             out.print(f"suggestion: {summary['suggestion']}")

@@ -125,16 +125,32 @@ def ordered_layers(qmodel) -> List:
     return sorted(qmodel.decided + qmodel.fixed, key=lambda q: rank[q.name])
 
 
+def input_bits(qmodel, decision: Mapping[str, Any]) -> Dict[str, int]:
+    """Input-activation width per quantized layer: a decided layer's from the decision (its
+    option's width, one of the layer's calibrated widths), a fixed layer's its only one."""
+    out = {}
+    for q in qmodel.decided:
+        a = int(decision["layers"][q.name]["a_bits"])
+        if a not in q.a_widths:
+            raise InputError(f"decision: layer {q.name} has a_bits {a}, but its input quantizers are calibrated at "
+                             f"{q.a_widths} bits")
+        out[q.name] = a
+    for q in qmodel.fixed:
+        out[q.name] = q.a_widths[0]
+    return out
+
+
 def quantizer_specs(qmodel, decision: Mapping[str, Any]) -> List[QuantizerSpec]:
-    """Two specs per decided and fixed layer (its weight at its width, then its input), in
-    module order."""
+    """Two specs per decided and fixed layer (its weight at its width, then its input at its
+    activation width), in module order."""
     bits = weight_bits(qmodel, decision)
+    acts = input_bits(qmodel, decision)
     fixed = {q.name for q in qmodel.fixed}
     specs = []
     for q in ordered_layers(qmodel):
         role = "fixed" if q.name in fixed else "decided"
         specs.append(spec_of(q.w_fq[str(bits[q.name])], q.name, "weight", role, q.layer.weight.shape))
-        specs.append(spec_of(q.a_fq, q.name, "input", role))
+        specs.append(spec_of(q.act_fq(acts[q.name]), q.name, "input", role))
     return specs
 
 

@@ -92,7 +92,7 @@ def evaluate_onnx(session, path, decision: Optional[Dict[str, Any]] = None, wher
         n += len(y)
     if n == 0:
         raise InputError("the evaluation split is empty")
-    bits = {name: int(s["w_bits"]) for name, s in decision["layers"].items()}
+    bits = {name: int(s["w_bits"]) for name, s in decision["layers"].items()}   # sizes follow the weight widths
     return {"kind": "onnx", "method": decision["method"], "budget": decision["budget"],
             "label": f"onnx {decision['method']} @ {decision['budget']['given']}",
             "top1": top1 / n, "top5": top5 / n, "loss": loss_sum / n, "samples": n,

@@ -32,8 +32,9 @@ Tick = Optional[Callable[[int], None]]
 def space_of(manifest: Dict[str, Any]) -> OptionSpace:
     """The option space (decided layers x candidate widths) a cache was computed for."""
     decided = manifest["layers"]["decided"]
+    act = manifest.get("act_bits")   # present only when the options differ in activation width
     return OptionSpace(layer_names=[n for n, _ in decided], candidates=list(manifest["candidates"]),
-                       numel=[int(k) for _, k in decided])
+                       numel=[int(k) for _, k in decided], act_bits=list(act) if act is not None else None)
 
 
 @dataclass
@@ -119,6 +120,10 @@ class Method:
         """The engine this prep will run: the one requested, else the config's (None for a
         method with one engine)."""
         return (requested or cfg.prep.engine) if self.engines else None
+
+    def check_options(self, cfg) -> None:
+        """Refuse, with a one-line UsageError, option sets this method does not define (HAWQ-V3 and
+        activation widths); nothing by default."""
 
     def runner(self, session, engine: Optional[str]) -> Tuple[Any, Optional[str], Optional[str]]:
         """What every batch of one prep run reuses, built once: (state, engine, why the engine

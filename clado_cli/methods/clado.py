@@ -50,7 +50,7 @@ class Clado(Method):
     def work_per_batch(self, session) -> int:
         from ..prep.clado import measurement_count
 
-        return measurement_count(len(session.plan.decided), len(session.cfg.quant.weight_candidates))
+        return measurement_count(len(session.plan.decided), len(session.cfg.quant.pairs()))
 
     def runner(self, session, engine):
         if engine != "fast":
@@ -86,7 +86,7 @@ class Clado(Method):
     def estimate(self, session, forward_seconds, engine):
         from ..prep.clado import measurement_count
 
-        L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+        L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
         passes = measurement_count(L, B)
         # fast: measured 0.17-0.27x of the reference engine's time (docs/performance.md)
         seconds = passes * forward_seconds * (1.3 if engine == "reference" else 0.3)

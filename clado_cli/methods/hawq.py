@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import UsageError
 from ..store import Stored
 from .base import Method, SolveOptions, register
 from .mpqco import LinearSensitivities, solve_linear
@@ -30,6 +31,15 @@ class Hawq(Method):
     marker = "^"
     stored = Stored("hawq", "HAWQ_DELTAL", "HAWQ-V3 traces")
     prep_flags = ("estimator",)
+
+    def check_options(self, cfg):
+        """A weight Hessian says nothing about an input's quantization: no s(l, (w, a)) (docs/methods.md,
+        "HAWQ-V3")."""
+        if cfg.quant.act_options:
+            raise UsageError(f"HAWQ-V3 is not defined for options that differ in activation width "
+                             f"({', '.join(cfg.quant.option_label(w, a) for w, a in cfg.quant.pairs())}): its "
+                             f"sensitivity is a weight Hessian's, which says nothing about activations; use clado, "
+                             f"naive or mpqco, or one activation width")
 
     def cache_params(self, cfg):
         p = cfg.prep
@@ -55,7 +65,7 @@ class Hawq(Method):
         change the numbers."""
         if rank == 0:
             return self.compute(session, x, y, k, engine, runner)
-        L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+        L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
         return {"traces": np.zeros(L), "iterations": np.zeros(L), "qerr_sq": np.zeros((L, B)), "numel": np.zeros(L)}
 
     def finish_part(self, session, summed):
@@ -63,7 +73,7 @@ class Hawq(Method):
                 "numel": summed["numel"].astype(np.int64)}
 
     def estimate(self, session, forward_seconds, engine):
-        L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+        L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
         p = session.cfg.prep
         passes = p.hawq_max_iter * (L if p.hawq_estimator == "per-layer" else 1)
         return passes * forward_seconds * 4, 8 * L * (B + 3) + 300, {"hessian_vector_products_at_most": passes}
@@ -82,6 +92,9 @@ class Hawq(Method):
         return {"traces": (L,), "iterations": (L,), "qerr_sq": (L, B), "numel": (L,)}
 
     def make_sensitivities(self, base):
+        if base.space.act_bits is not None:
+            raise UsageError("HAWQ-V3 is not defined for options that differ in activation width (a weight "
+                             "Hessian says nothing about activations)")
         v = base.values
         numel = np.array(base.space.numel, dtype=np.float64)
         s = hawq_sensitivity(v["traces"], v["qerr_sq"], numel).reshape(-1)

@@ -74,7 +74,7 @@ class Mpqco(Method):
         return {"s": summed["s_sum"] / (2 * session.cfg.data.bs)}
 
     def estimate(self, session, forward_seconds, engine):
-        L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)
+        L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
         bs = session.cfg.data.bs
         return bs * forward_seconds * 3 / bs * 2, 8 * L * B + 300, {"per_sample_gradients": bs}
 

@@ -76,6 +76,18 @@ class OptionSpace:
         """Bytes of every option: numel * bits / 8."""
         return np.outer(self.numel, self.candidates).ravel() / 8.0
 
+    def activation_bytes(self, elements: Sequence[int], a_bits: Optional[int] = None) -> np.ndarray:
+        """Bytes of every option's input activation per sample: elements[l] * a / 8, with `elements`
+        the input-activation elements of each decided layer (in layer order; the cache's
+        `load_act_elements`) and a the option's activation width, or `a_bits` (the one width)
+        for a space without activation widths."""
+        if len(elements) != self.n_layers:
+            raise InputError(f"{len(elements)} activation element counts for {self.n_layers} decided layers")
+        if self.act_bits is None and a_bits is None:
+            raise InputError("this option space has no activation widths: give the one activation width")
+        acts = self.act_bits if self.act_bits is not None else [int(a_bits)] * len(self.candidates)
+        return np.outer(np.asarray(elements, dtype=float), acts).ravel() / 8.0
+
     def min_bytes(self) -> float:
         """Decided bytes with every layer at the narrowest candidate."""
         return sum(self.numel) * min(self.candidates) / 8.0

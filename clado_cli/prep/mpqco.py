@@ -17,6 +17,12 @@ every ⟨g_n[l], ΔW(l,b)⟩ for the whole batch from one forward and one backwa
   - `method="vmap"`: per-sample gradients with torch.func (vmap over grad of the true logit),
     chunked to `max_chunk_bytes` of gradients; works for any layer.
 `method="auto"` picks "linear" when it applies, else "vmap".
+
+With options that differ in activation width (`quant.options`), option k = (w, a) adds the
+first-order change of z_n from quantizing the layer's input x at a bits,
+⟨∂z_n/∂x_n, Q_a(x_n) − x_n⟩, to the weight term inside the square (docs/methods.md, "MPQCO"):
+from the same backward pass in "linear" (the inputs join the gradient's targets), per sample in
+the reference; "vmap" refuses them.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..quant.model import QuantModel
+from ..errors import UsageError
+from ..quant.model import QuantModel, fake_quant_activation
 
 _LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -37,6 +44,40 @@ def weight_deltas(qm: QuantModel) -> Dict[str, torch.Tensor]:
     for q in qm.decided:
         w = q.layer.weight.detach()
         out[q.name] = torch.stack([q.quantized_weight(b) - w for b in qm.candidates])
+    return out
+
+
+def _input_hooks(model: torch.nn.Module, names: List[str], calls: List[List[torch.Tensor]]):
+    """Forward pre-hooks recording each call's input of the named layers, made to require grad
+    (an input that did not has no upstream graph to cut); returns the handles."""
+    handles = []
+    for l, name in enumerate(names):
+        def hook(mod, inp, l=l):
+            x = inp[0]
+            if not x.requires_grad:
+                x = x.detach().requires_grad_()
+            calls[l].append(x)
+            return (x,) + tuple(inp[1:])
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    return handles
+
+
+@torch.no_grad()
+def _act_dots(qm: QuantModel, names: List[str], inputs: List[List[torch.Tensor]],
+              grads: List[List[Optional[torch.Tensor]]], N: int) -> torch.Tensor:
+    """(L, B, N) float64: per option k = (w, a), ⟨∂z_n/∂x_n, Q_a(x_n) − x_n⟩ summed over a layer's
+    calls (the same for every option with activation width a)."""
+    out = torch.zeros(len(names), len(qm.pairs), N, dtype=torch.float64, device=inputs[0][0].device)
+    for l, name in enumerate(names):
+        q = qm.qlayers[name]
+        for x, g in zip(inputs[l], grads[l]):
+            if g is None:
+                continue
+            x = x.detach()
+            per_width = {a: (fake_quant_activation(q.act_fq(a), x) - x).mul_(g).reshape(N, -1).sum(1)
+                         for a in q.a_widths}
+            for k, (_, a) in enumerate(qm.pairs):
+                out[l, k] += per_width[a]
     return out
 
 
@@ -53,11 +94,24 @@ def mpqco_reference(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: 
     s = np.zeros((len(names), len(qm.candidates)), dtype=np.float64)
     with torch.enable_grad():
         for n in range(N):
-            z = model(x[n:n + 1])[0, y[n]]
-            grads = torch.autograd.grad(z, list(params.values()))
+            inputs: List[List[torch.Tensor]] = [[] for _ in names]
+            handles = _input_hooks(model, names, inputs) if qm.act_options else []
+            try:
+                z = model(x[n:n + 1])[0, y[n]]
+            finally:
+                for h in handles:
+                    h.remove()
+            flat = [t for c in inputs for t in c]
+            grads = torch.autograd.grad(z, list(params.values()) + flat, allow_unused=True)
             zf = float(z.detach())
-            for l, (name, g) in enumerate(zip(names, grads)):
+            extra = None
+            if qm.act_options:
+                it = iter(grads[len(params):])
+                extra = _act_dots(qm, names, inputs, [[next(it) for _ in c] for c in inputs], 1)[..., 0].cpu().numpy()
+            for l, (name, g) in enumerate(zip(names, grads[:len(params)])):
                 dots = (deltas[name].flatten(1) @ g.flatten()).double().cpu().numpy()
+                if extra is not None:
+                    dots = dots + extra[l]
                 s[l] += (dots / zf) ** 2
             if tick:
                 tick(1)
@@ -84,6 +138,9 @@ def _mpqco_linear(model, qm: QuantModel, x, y, deltas: Optional[Dict[str, torch.
     layers = [model.get_submodule(n) for n in names]
     calls: List[List[tuple]] = [[] for _ in layers]
     handles = []
+    inputs: List[List[torch.Tensor]] = [[] for _ in layers]
+    if qm.act_options:
+        handles += _input_hooks(model, names, inputs)
     for l, layer in enumerate(layers):
         def hook(mod, inp, out, l=l):
             if not out.requires_grad:
@@ -95,10 +152,16 @@ def _mpqco_linear(model, qm: QuantModel, x, y, deltas: Optional[Dict[str, torch.
             logits = model(x)
             z = logits.gather(1, y.reshape(-1, 1)).squeeze(1)
             outs = [o for c in calls for _, o in c]
-            grads = torch.autograd.grad(z.sum(), outs, allow_unused=True)
+            flat = [t for c in inputs for t in c]
+            grads = torch.autograd.grad(z.sum(), outs + flat, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
+    act = None
+    if qm.act_options:
+        it = iter(grads[len(outs):])
+        act = _act_dots(qm, names, inputs, [[next(it) for _ in c] for c in inputs], x.shape[0])
+        grads = grads[:len(outs)]
     z = z.detach()
     N = x.shape[0]
     dots = torch.zeros(len(names), len(qm.candidates), N, dtype=torch.float64, device=x.device)
@@ -122,6 +185,8 @@ def _mpqco_linear(model, qm: QuantModel, x, y, deltas: Optional[Dict[str, torch.
                     d = _apply_delta(layer, inp, dw)
                     # per-sample ⟨∂z_n/∂o_n, layer(x_n, ΔW)⟩ in fp32, as the reference's dot
                     dots[l, k] += d.mul_(go).reshape(N, -1).sum(1)
+    if act is not None:
+        dots += act
     return ((dots / z.double()) ** 2).sum(-1).cpu().numpy()
 
 
@@ -159,6 +224,10 @@ def mpqco_fast(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch
     if method == "linear":
         s = _mpqco_linear(model, qm, x, y, deltas)
     elif method == "vmap":
+        if qm.act_options:
+            odd = next(n for n in names if not _is_linear_in_weight(model.get_submodule(n)))
+            raise UsageError(f"MPQCO's fast engine cannot take activation options on layer {odd} (a "
+                             f"{type(model.get_submodule(odd)).__name__} with its own forward): use --engine reference")
         s = _mpqco_vmap(model, names, deltas or weight_deltas(qm), x, y, max_chunk_bytes)
     else:
         raise ValueError(f"unknown MPQCO method {method!r}")

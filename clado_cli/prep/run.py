@@ -81,6 +81,7 @@ class PrepRun:
         self.method = prep_method(method)
         self.sb, self.eb, self.force = sb, eb, force
         self.engine = self.method.engine_used(session.cfg, engine)
+        self.method.check_options(session.cfg)
         session.check_batch_range(sb, eb)
         ks = list(range(sb, eb + 1))
         if shard is not None:
@@ -115,8 +116,8 @@ class PrepRun:
                 cache.forget_params(self.kind)
             cache.check_params(self.kind, self.method.cache_params(self.session.cfg))
         self.session.qmodel  # noqa: B018  calibrates (or loads the cached calibration) before any timing
-        if params and self.cache.load_layer_costs() is None:
-            self.cache.save_layer_costs(self.session.layer_macs)
+        if params and (self.cache.load_layer_costs() is None or self.cache.load_act_elements() is None):
+            self.cache.save_layer_costs(self.session.layer_macs, self.session.layer_act_elements)
         self.runner, engine, why = self.method.runner(self.session, self.engine)
         if why:
             warn(why)
@@ -236,6 +237,8 @@ class PrepRun:
             "cache": str(self.cache.root), "batches": self.ks, "to_compute": todo,
             "already_cached": [k for k in self.ks if k not in todo],
             "per_batch": work, "forward_seconds_probe": round(fwd, 5),
+            # the options of every decided layer: weight widths, or w4a8-style pairs (quant.options)
+            "options": [self.session.cfg.quant.option_label(w, a) for w, a in self.session.cfg.quant.pairs()],
             "estimated_seconds": round(per_batch_seconds * len(todo), 2),
             "estimated_cache_bytes": per_file * len(todo),
         }

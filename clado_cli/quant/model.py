@@ -3,8 +3,12 @@
 Every quantizable layer is wrapped in a `QLayer` that holds MQBench quantizers made by
 `get_qconfig_by_platform(BackendType.Academic, ...)`: one `FixedFakeQuantize` weight quantizer
 per candidate width (each calibrated once on the weight; docs/methods.md, "Quantizers"), and one
-input-activation quantizer, calibrated once on the calibration set with
-every fake-quant off. Applying options only flips per-layer state: no deep copies.
+input-activation quantizer per activation width of its options (usually one), all calibrated
+together, once, on the calibration set with every fake-quant off. Applying options only flips
+per-layer state: no deep copies.
+
+An option's key is its weight width (an int) when every option has the same activation width,
+and the pair (weight bits, activation bits) when they differ (`quant.options`).
 
 Two ways to run a quantized weight, with identical numbers:
   - reference: the weight fake-quantizer runs on every forward pass (the straightforward way);
@@ -84,26 +88,62 @@ def _plain_forward(layer: nn.Module):
 
 class QLayer(nn.Module):
     """Wraps one quantizable layer. State: `w_bits` (None = float weights), `a_on` (input
-    activation fake-quantized or not), `cached` (use precomputed quantized weights)."""
+    activation fake-quantized or not), `a_bits` (the activation width used when `a_on`; one of
+    `a_widths`), `cached` (use precomputed quantized weights).
 
-    def __init__(self, name: str, layer: nn.Module, w_bits: Iterable[int], a_bits: int, quant: QuantConfig):
+    `a_fq` is the input quantizer of the first activation width; a layer with several widths
+    keeps the others in `a_fq_more` (`act_fq(bits)` gives any of them)."""
+
+    def __init__(self, name: str, layer: nn.Module, w_bits: Iterable[int], a_bits, quant: QuantConfig):
         super().__init__()
         self.name = name
         self.layer = layer
-        self.a_bits = a_bits
+        self.a_widths: List[int] = sorted({int(a_bits)} if isinstance(a_bits, int) else {int(a) for a in a_bits})
+        self.a_bits = self.a_widths[0]
         self.w_fq = nn.ModuleDict()
         for b in w_bits:
-            qc = make_qconfig(quant.weight, b, quant.activation, a_bits)
+            qc = make_qconfig(quant.weight, b, quant.activation, self.a_bits)
             self.w_fq[str(b)] = qc.weight()
-        self.a_fq = make_qconfig(quant.weight, 8, quant.activation, a_bits).activation()
-        self.a_fq.disable_observer()
-        self.a_fq.disable_fake_quant()
+        self.a_fq = self._new_act(quant, self.a_widths[0])
+        self.a_fq_more = nn.ModuleDict({str(a): self._new_act(quant, a) for a in self.a_widths[1:]})
         self.w_bits: Optional[int] = None
         self.a_on = False
         self.cached = True
         self.calibrating = False
         self.qweight: Dict[int, torch.Tensor] = {}
         self._plain = _plain_forward(layer)
+
+    @staticmethod
+    def _new_act(quant: QuantConfig, bits: int) -> nn.Module:
+        fq = make_qconfig(quant.weight, 8, quant.activation, bits).activation()
+        fq.disable_observer()
+        fq.disable_fake_quant()
+        return fq
+
+    def act_fq(self, bits: Optional[int] = None) -> nn.Module:
+        """The input quantizer of activation width `bits` (default: the selected `a_bits`)."""
+        bits = self.a_bits if bits is None else int(bits)
+        if bits == self.a_widths[0]:
+            return self.a_fq
+        if str(bits) not in self.a_fq_more:
+            raise ConfigError(f"layer {self.name} has no {bits}-bit input quantizer (its widths: {self.a_widths})")
+        return self.a_fq_more[str(bits)]
+
+    def act_fqs(self) -> List[Tuple[int, nn.Module]]:
+        """(width, input quantizer) of every activation width of this layer."""
+        return [(a, self.act_fq(a)) for a in self.a_widths]
+
+    def select(self, key) -> None:
+        """Apply an option: its weight width, and its input quantized (at its activation width
+        when the key is a (weight bits, activation bits) pair)."""
+        if isinstance(key, tuple):
+            w, a = key
+            if int(a) not in self.a_widths:
+                raise ConfigError(f"layer {self.name} has no {a}-bit input quantizer (its widths: {self.a_widths})")
+            self.a_bits = int(a)
+        else:
+            w = key
+        self.w_bits, self.a_on = int(w), True
 
     @property
     def bit_options(self) -> List[int]:
@@ -138,9 +178,10 @@ class QLayer(nn.Module):
 
     def forward(self, x):
         if self.calibrating:
-            self.a_fq(x)  # observer on, fake-quant off: records the input range only
+            for _, fq in self.act_fqs():
+                fq(x)  # observer on, fake-quant off: records the input range only
         elif self.a_on:
-            x = fake_quant_activation(self.a_fq, x)
+            x = fake_quant_activation(self.act_fq(), x)
         if self.w_bits is None:
             return self.layer(x)
         w = self.weight_for(self.w_bits)
@@ -160,7 +201,8 @@ class QLayer(nn.Module):
             return getattr(super().__getattr__("layer"), name)
 
     def extra_repr(self):
-        return f"name={self.name}, w_bits={self.w_bits}, a_on={self.a_on}, options={self.bit_options}"
+        return (f"name={self.name}, w_bits={self.w_bits}, a_on={self.a_on}, a_bits={self.a_bits}, "
+                f"options={self.bit_options}")
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -172,9 +214,13 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 class QuantModel(nn.Module):
     """The user's model with every decided and fixed layer wrapped in a QLayer.
 
-    Decided layers get one weight quantizer per candidate width and an input quantizer at
-    `quant.activation_bits`; fixed layers get their fixed widths. The float model passed in is
-    deep-copied once, so the caller's model stays untouched.
+    Decided layers get one weight quantizer per weight width of the options and one input
+    quantizer per activation width (`quant.activation_bits`, or those of `quant.options`); fixed
+    layers get their fixed widths. The float model passed in is deep-copied once, so the
+    caller's model stays untouched.
+
+    `pairs[k]`: (weight bits, activation bits) of candidate k; `candidates[k]` its weight bits;
+    `keys[k]` how an option names it (see the module docstring).
     """
 
     def __init__(self, float_model: nn.Module, plan: LayerPlan, quant: QuantConfig,
@@ -184,11 +230,14 @@ class QuantModel(nn.Module):
 
         self.model = copy.deepcopy(float_model).eval()
         self.plan = plan
-        self.candidates = list(quant.weight_candidates)
+        self.pairs: List[Tuple[int, int]] = [(int(w), int(a)) for w, a in quant.pairs()]
+        self.act_options = quant.act_options
+        self.candidates = [w for w, _ in self.pairs]
+        self.keys = list(self.pairs) if self.act_options else list(self.candidates)
         self.fixed_w_bits = fixed_w_bits
         self.qlayers: Dict[str, QLayer] = {}
         for info in plan.decided:
-            self._wrap(info.name, self.candidates, quant.activation_bits, quant)
+            self._wrap(info.name, sorted(set(self.candidates)), [a for _, a in self.pairs], quant)
         for info in plan.fixed:
             self._wrap(info.name, [fixed_w_bits], fixed_a_bits, quant)
         self.decided = [self.qlayers[n] for n in plan.decided_names]
@@ -206,27 +255,29 @@ class QuantModel(nn.Module):
     @property
     def options(self) -> List[Tuple[str, int]]:
         """Option order (docs/methods.md, "Terms"): i = l*B + k for decided layer l and candidate index k."""
-        return [(q.name, b) for q in self.decided for b in self.candidates]
+        return [(q.name, key) for q in self.decided for key in self.keys]
 
     def reset(self) -> None:
         """Every layer back to float."""
         for q in self.qlayers.values():
             q.w_bits, q.a_on = None, False
 
-    def apply(self, options: Iterable[Tuple[str, int]]) -> None:
-        """Float everywhere except the given options, each applied as docs/methods.md ("Quantizers") defines it:
-        the layer's weights at b bits AND its input activation fake-quantized."""
+    def apply(self, options: Iterable[Tuple[str, object]]) -> None:
+        """Float everywhere except the given options (layer name, key), each applied as
+        docs/methods.md ("Quantizers") defines it: the layer's weights at w bits AND its input
+        activation fake-quantized (at a bits for a (w, a) key, else at its one width)."""
         self.reset()
-        for name, bits in options:
-            q = self.qlayers[name]
-            q.w_bits, q.a_on = bits, True
+        for name, key in options:
+            self.qlayers[name].select(key)
 
-    def set_decision(self, bits_by_layer: Mapping[str, int]) -> None:
-        """The mixed-precision model: decided layers per the decision, fixed layers at
-        their fixed precision, every input activation quantized."""
+    def set_decision(self, bits_by_layer: Mapping[str, object]) -> None:
+        """The mixed-precision model: decided layers per the decision (a weight width, or a
+        (weight bits, activation bits) pair, per layer), fixed layers at their fixed precision,
+        every input activation quantized."""
         self.reset()
         for q in self.decided:
-            q.w_bits, q.a_on = int(bits_by_layer[q.name]), True
+            key = bits_by_layer[q.name]
+            q.select(tuple(int(b) for b in key) if isinstance(key, tuple) else int(key))
         for q in self.fixed:
             q.w_bits, q.a_on = self.fixed_w_bits, True
 
@@ -245,8 +296,9 @@ class QuantModel(nn.Module):
         self.reset()
         for q in self.qlayers.values():
             q.calibrate_weights()
-            q.a_fq.enable_observer()
-            q.a_fq.disable_fake_quant()
+            for _, fq in q.act_fqs():
+                fq.enable_observer()
+                fq.disable_fake_quant()
             q.calibrating = True
         try:
             for x in batches:
@@ -254,15 +306,17 @@ class QuantModel(nn.Module):
         finally:
             for q in self.qlayers.values():
                 q.calibrating = False
-                q.a_fq.disable_observer()
-                q.a_fq.enable_fake_quant()
+                for _, fq in q.act_fqs():
+                    fq.disable_observer()
+                    fq.enable_fake_quant()
 
     def quant_state(self) -> Dict[str, torch.Tensor]:
         """Scales and zero points of every quantizer (to cache a calibration)."""
         out = {}
         for name, q in self.qlayers.items():
-            out[f"{name}|a|scale"] = q.a_fq.scale.detach().cpu().clone()
-            out[f"{name}|a|zero_point"] = q.a_fq.zero_point.detach().cpu().clone()
+            for key, fq in _act_keys(q):
+                out[f"{key}|scale"] = fq.scale.detach().cpu().clone()
+                out[f"{key}|zero_point"] = fq.zero_point.detach().cpu().clone()
             for b, fq in q.w_fq.items():
                 out[f"{name}|w{b}|scale"] = fq.scale.detach().cpu().clone()
                 out[f"{name}|w{b}|zero_point"] = fq.zero_point.detach().cpu().clone()
@@ -271,7 +325,7 @@ class QuantModel(nn.Module):
     @torch.no_grad()
     def load_quant_state(self, state: Mapping[str, torch.Tensor]) -> None:
         for name, q in self.qlayers.items():
-            pairs = [(q.a_fq, f"{name}|a")] + [(fq, f"{name}|w{b}") for b, fq in q.w_fq.items()]
+            pairs = [(fq, key) for key, fq in _act_keys(q)] + [(fq, f"{name}|w{b}") for b, fq in q.w_fq.items()]
             for fq, key in pairs:
                 for attr in ("scale", "zero_point"):
                     val = state[f"{key}|{attr}"]
@@ -282,3 +336,11 @@ class QuantModel(nn.Module):
                 fq.enable_fake_quant()
             q.refresh_cache()
         self.reset()
+
+
+def _act_keys(q: QLayer) -> List[Tuple[str, nn.Module]]:
+    """The quant-state key prefix of each input quantizer of a layer: `name|a` for a layer with one
+    activation width (as before activation options existed), `name|a4`, `name|a8` for several."""
+    if len(q.a_widths) == 1:
+        return [(f"{q.name}|a", q.a_fq)]
+    return [(f"{q.name}|a{a}", fq) for a, fq in q.act_fqs()]

@@ -364,25 +364,39 @@ class Cache:
         atomic_write(p.with_suffix(".json"), _json_bytes({"sha256": sha256_bytes(data)}))
 
     # -- per-layer costs (not part of the fingerprint: they follow from the manifest) ----------
-    def save_layer_costs(self, macs: Mapping[str, int]) -> None:
-        """MACs per sample of each decided and fixed layer, measured once by a forward pass."""
+    def save_layer_costs(self, macs: Mapping[str, int], act_elements: Optional[Mapping[str, int]] = None) -> None:
+        """MACs and input-activation elements per sample of each decided and fixed layer,
+        measured once by a forward pass."""
         self.ensure()
-        atomic_write(self.root / "layer_costs.json", _json_bytes({"macs": {k: int(v) for k, v in macs.items()}}))
+        data: Dict[str, Any] = {"macs": {k: int(v) for k, v in macs.items()}}
+        if act_elements is not None:
+            data["act_elements"] = {k: int(v) for k, v in act_elements.items()}
+        atomic_write(self.root / "layer_costs.json", _json_bytes(data))
 
     def load_layer_costs(self) -> Optional[Dict[str, int]]:
         """The saved MACs per layer, or None; a file that does not fit the manifest is an error."""
+        return self._layer_counts("macs", "MAC counts", required=True)
+
+    def load_act_elements(self) -> Optional[Dict[str, int]]:
+        """The saved input-activation elements per sample of each layer, or None (not measured
+        yet, or a file written before they were)."""
+        return self._layer_counts("act_elements", "input-activation element counts", required=False)
+
+    def _layer_counts(self, key: str, what: str, required: bool) -> Optional[Dict[str, int]]:
         p = self.root / "layer_costs.json"
         if not p.is_file():
             return None
         data = _read_json(p, "layer costs")
-        macs = data.get("macs") if isinstance(data, dict) else None
+        counts = data.get(key) if isinstance(data, dict) else None
+        if counts is None and not required and isinstance(data, dict):
+            return None
         layers = self.manifest.get("layers", {})
         names = {n for n, _ in layers.get("decided", []) + layers.get("fixed", [])}
-        if not isinstance(macs, dict) or set(macs) != names or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in macs.values()):
-            raise CacheError(f"{p} does not hold non-negative MAC counts for exactly this cache's layers; "
+        if not isinstance(counts, dict) or set(counts) != names or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
+            raise CacheError(f"{p} does not hold non-negative {what} for exactly this cache's layers; "
                              f"delete it (the next prep measures them again)")
-        return macs
+        return counts
 
     # -- checking --------------------------------------------------------------------------
     def verify(self, kinds: Optional[Sequence[Stored]] = None,

@@ -45,8 +45,10 @@ def embedded_onnx(mixed, tmp_path_factory):
 
 
 def fake_quant_logits(session, decision, x):
+    from clado_cli.decisions import option_keys
+
     qm = session.qmodel
-    qm.set_decision({n: v["w_bits"] for n, v in decision["layers"].items()})
+    qm.set_decision(option_keys(decision, qm.act_options))
     try:
         with torch.no_grad():
             return qm(x.to(session.device)).cpu()

@@ -45,7 +45,7 @@ class BranchingRunner:
 def clado_branching(qm, runner: BranchingRunner, x, y, loss_kind: str,
                     tick: Optional[Callable[[int], None]], mine: set) -> Tuple[np.ndarray, float]:
     """The CLADO matrix of one batch on a BranchingRunner: (Ltilde, L0)."""
-    cands = qm.candidates
+    cands = qm.keys
     B = len(cands)
     index = {q.name: l for l, q in enumerate(qm.decided)}
     P = len(qm.decided) * B
@@ -57,7 +57,7 @@ def clado_branching(qm, runner: BranchingRunner, x, y, loss_kind: str,
 
     def measure(q, k: int, env, pos: int):
         """q at its k-th width from node pos on; env holds what the run reads from before."""
-        q.w_bits, q.a_on = cands[k], True
+        q.select(cands[k])
         return float(loss(runner.run(env, x, pos))) - L0
 
     def branch_pairs(env, start: int, i: int):
@@ -87,7 +87,7 @@ def clado_branching(qm, runner: BranchingRunner, x, y, loss_kind: str,
         if l not in mine:
             continue
         for k in range(B):
-            q.w_bits, q.a_on = cands[k], True
+            q.select(cands[k])
             i = l * B + k
             Lt[i, i] = float(loss(branch_pairs(env, fork, i))) - L0
             if tick:

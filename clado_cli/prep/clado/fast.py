@@ -251,7 +251,7 @@ class StackedRun:
     def __init__(self, qm, runner: FastRunner, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
                  tick: Optional[Callable[[int], None]], max_batch: Optional[int], mine: set):
         self.qm, self.r, self.x, self.tick, self.mine = qm, runner, x, tick, mine
-        self.cands = list(qm.candidates)
+        self.cands = list(qm.keys)   # option keys: weight widths or (weight, activation) pairs
         self.B, self.L, self.N = len(self.cands), len(qm.decided), x.shape[0]
         float_logits = runner.trunk_fn(x)
         self.loss = make_loss(loss_kind, y, float_logits)

@@ -237,14 +237,19 @@ class Fork(nn.Module):
         super().__init__()
         self.q = q
 
-    def forward(self, x, bits: Tuple[int, ...]):
+    def forward(self, x, bits: Tuple[object, ...]):
+        """`bits`: option keys, weight widths or (weight bits, activation bits) pairs; the input
+        is quantized once per activation width."""
         q = self.q
-        xq = q.a_fq(x)
+        xqs = {}
         outs = []
         try:
             for b in bits:
-                q.w_bits, q.a_on = b, False   # the input is already quantized above
-                outs.append(q(xq))
+                a = b[1] if isinstance(b, tuple) else None
+                if a not in xqs:
+                    xqs[a] = q.act_fq(a)(x)
+                q.w_bits, q.a_on = (b[0] if isinstance(b, tuple) else b), False   # the input is quantized above
+                outs.append(q(xqs[a]))
         finally:
             q.w_bits, q.a_on = None, False
         return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
