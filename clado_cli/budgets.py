@@ -1,7 +1,9 @@
 """Budgets on any cost, several at once (docs/methods.md, "Costs, budgets and ties").
 
 Costs per option (decided layer l at candidate k): `size` (weight bits numel·w, shown in bytes),
-`bops` (MACs·w·a, the MACs measured once per cache) and any user table (`--cost NAME=FILE`).
+`bops` (MACs·w·a, the MACs measured once per cache), `act_memory` (the sum over decided layers
+of their input activation's bytes per sample, elements·a/8), `act_peak` (the largest of them: a
+mask over the options, not a row) and any user table (`--cost NAME=FILE`).
 A bound is absolute (`1.5G`, `3.2`; suffixes k, M, G, T for 10³..10¹²) or relative, `rel:F`:
 smallest + F·(largest − smallest) over the choices the ties and per-layer widths admit
 (HAWQ-V3's convention), resolved and echoed. Sizes keep their own forms (`4MB`, `avg:4.5`) and
@@ -88,12 +90,15 @@ class CostModel:
     units: Dict[str, str] = field(default_factory=dict)
     scales: Dict[str, float] = field(default_factory=dict)
 
+    peak: Optional[np.ndarray] = None  # per option: its input activation's bytes (act_peak)
+
     @classmethod
     def build(cls, space: OptionSpace, macs: Optional[Mapping[str, int]], a_bits: int,
-              tables: Mapping[str, np.ndarray] = ()) -> "CostModel":
+              tables: Mapping[str, np.ndarray] = (), act_elements: Optional[Mapping[str, int]] = None) -> "CostModel":
         """`macs`: per decided layer (None when prep has not measured them: no `bops`);
         `a_bits`: the activation width of every option, when the space has none of its own;
-        `tables`: name -> [decided layers x candidates] values."""
+        `tables`: name -> [decided layers x candidates] values; `act_elements`: input-activation
+        elements per sample of each decided layer (None: no activation-memory costs)."""
         cm = cls(space)
         cm.values["size"] = size_row(space, 1).values
         cm.units["size"], cm.scales["size"] = "bytes", 8.0
@@ -102,6 +107,11 @@ class CostModel:
             m = np.asarray([int(macs[n]) for n in space.layer_names], dtype=float)
             cm.values["bops"] = np.outer(m, np.asarray(space.candidates, float) * acts).ravel()
             cm.units["bops"], cm.scales["bops"] = "BOPs", 1.0
+        if act_elements is not None:
+            per_option = space.activation_bytes([int(act_elements[n]) for n in space.layer_names], a_bits)
+            cm.values["act_memory"] = per_option * 8.0  # bits, so the sum is compared exactly
+            cm.units["act_memory"], cm.scales["act_memory"] = "bytes", 8.0
+            cm.peak = per_option
         for name, table in dict(tables).items():
             v = np.asarray(table, dtype=float)
             if v.shape != (space.n_layers, len(space.candidates)):
@@ -111,7 +121,27 @@ class CostModel:
         return cm
 
     def names(self) -> List[str]:
-        return list(self.values)
+        return list(self.values) + (["act_peak"] if self.peak is not None else [])
+
+    def peak_mask(self, given: str, red: Reduction) -> Tuple[np.ndarray, float]:
+        """act_peak: the largest input activation of a decided layer, in bytes per sample, is not
+        linear in x, but `max_l c_l <= C` holds exactly when no option with c_i > C is chosen, so
+        it is a mask over the options. Relative bounds run from the smallest achievable peak (the
+        largest over layers of each layer's smallest option) to the largest."""
+        if self.peak is None:
+            raise UsageError("act_peak needs the input-activation counts a prep run measures: run clado prep first")
+        allowed = np.ones(len(self.peak), bool) if red.constraints.allowed is None else np.asarray(red.constraints.allowed, bool)
+        B = len(self.space.candidates)
+        per_layer = [self.peak[l * B:(l + 1) * B][allowed[l * B:(l + 1) * B]] for l in range(self.space.n_layers)]
+        lo, hi = max(float(p.min()) for p in per_layer), max(float(p.max()) for p in per_layer)
+        if given.lower().startswith(REL_PREFIX):
+            bound = float(np.floor(lo + float(_fraction(given[len(REL_PREFIX):], "act_peak budget")) * (hi - lo) + 1e-9))
+        else:
+            bound = float(_decimal(given, "act_peak budget"))
+        if bound < lo:
+            raise UsageError(f"act_peak budget {bound:.0f} bytes is below the smallest possible act_peak {lo:.0f} bytes "
+                             f"(some layer's narrowest input); feasible range: {lo:.0f} bytes..{hi:.0f} bytes")
+        return self.peak <= bound + 1e-9, bound
 
     def row(self, name: str, given: str, red: Reduction) -> CostRow:
         """The cost row for a bound as given, resolved against the admitted choices' range."""
@@ -135,7 +165,10 @@ class CostModel:
     def report(self, choice: Sequence[int]) -> Dict[str, float]:
         """Every cost of a choice (decided layers), in shown units."""
         x = self.space.one_hot(choice)
-        return {n: float(v @ x) / self.scales[n] for n, v in self.values.items()}
+        out = {n: float(v @ x) / self.scales[n] for n, v in self.values.items()}
+        if self.peak is not None:
+            out["act_peak"] = float(np.max(self.peak[x.astype(bool)]))
+        return out
 
 
 def _range(red: Reduction, values: np.ndarray) -> Tuple[float, float]:
@@ -173,15 +206,21 @@ def point_budget(point: Mapping[str, str], space: OptionSpace, cm: CostModel, ba
         else:
             size = resolve_budget_spec(given, sum(space.numel))
     bounds = []
+    allowed = base.allowed
     for name, given in point.items():
         if name == "size":
+            continue
+        if name == "act_peak":  # a mask, not a row
+            mask, bound = cm.peak_mask(given, red)
+            allowed = mask if allowed is None else (np.asarray(allowed, bool) & mask)
+            bounds.append({"name": name, "given": given, "bound": bound, "unit": "bytes"})
             continue
         row = cm.row(name, given, red)
         rows.append(row)
         bounds.append({"name": name, "given": given, "bound": row.bound / row.scale, "unit": row.unit})
     parts = ([size.given] if size else []) + [f"{b['name']}={b['given']}" for b in bounds]
     budget = Budget(given="+".join(parts), bytes=size.bytes if size else None, bounds=tuple(bounds))
-    return budget, Constraints(rows, base.allowed, base.ties)
+    return budget, Constraints(rows, allowed, base.ties)
 
 
 def size_specs_of(size_budget: Optional[str], avg_bits: Optional[float], budgets: Optional[str]) -> Optional[List[str]]:

@@ -177,7 +177,7 @@ def resolve_plan(cache: Cache, layers_cfg, size_budget: Optional[str] = None, av
                  others: Sequence[str] = (), cost_files: Sequence[str] = (),
                  config_budgets: Optional[Dict[str, str]] = None, config_costs: Optional[Dict[str, str]] = None,
                  shared_inputs=None, size_specs: Optional[List[str]] = None,
-                 macs: Optional[Dict[str, int]] = None) -> Plan:
+                 macs: Optional[Dict[str, int]] = None, act_elements: Optional[Dict[str, int]] = None) -> Plan:
     """Budget points from the size options, --bops-budget, --budget NAME=VALUE (and the config's
     optimize.bounds, optimize.costs), with `layers_cfg`'s ties and widths. `shared_inputs`: a
     callable giving the decided layers' shared-input groups (needed for tie_shared_input);
@@ -186,6 +186,7 @@ def resolve_plan(cache: Cache, layers_cfg, size_budget: Optional[str] = None, av
     m = cache.manifest
     return plan_for_space(space_of(m), layers_cfg, size_budget, avg_bits, budgets, bops_budget, others, cost_files,
                           config_budgets, config_costs, shared_inputs, size_specs, cache.load_layer_costs() or macs,
+                          cache.load_act_elements() or act_elements,
                           m["quant"].get("activation_bits", 8), [n for n, _ in m["layers"]["fixed"]])
 
 
@@ -194,7 +195,8 @@ def plan_for_space(space, layers_cfg, size_budget: Optional[str] = None, avg_bit
                    others: Sequence[str] = (), cost_files: Sequence[str] = (),
                    config_budgets: Optional[Dict[str, str]] = None, config_costs: Optional[Dict[str, str]] = None,
                    shared_inputs=None, size_specs: Optional[List[str]] = None,
-                   macs: Optional[Dict[str, int]] = None, a_bits: int = 8, fixed_names: Sequence[str] = ()) -> Plan:
+                   macs: Optional[Dict[str, int]] = None, act_elements: Optional[Dict[str, int]] = None,
+                   a_bits: int = 8, fixed_names: Sequence[str] = ()) -> Plan:
     """resolve_plan on an option space (a cache's, or a sensitivities file's: no MACs there, so
     no bops)."""
     from .layer_constraints import allowed_mask, resolve_ties, resolve_widths, tie_widths
@@ -218,7 +220,7 @@ def plan_for_space(space, layers_cfg, size_budget: Optional[str] = None, avg_bit
         t = read_cost_table(path, name, names, space.candidates, a_bits=space.act_bits or a_bits,
                             fixed_names=list(fixed_names))
         tables[name], files[name], shas[name] = t.values, str(path), sha256_bytes(Path(path).read_bytes())
-    costs = CostModel.build(space, macs, a_bits, tables)
+    costs = CostModel.build(space, macs, a_bits, tables, act_elements)
     bounds: Dict[str, List[str]] = {}
     for name, value in (config_budgets or {}).items():
         bounds[name] = bound_list(name, str(value))
@@ -233,7 +235,7 @@ def plan_for_space(space, layers_cfg, size_budget: Optional[str] = None, avg_bit
             raise UsageError("the size is bounded with --size-budget (or --budgets, --avg-bits), not NAME=VALUE", params=("budget",))
         bounds[name] = bound_list(name, value)
     for name in bounds:
-        if name not in costs.values:
+        if name not in costs.values and not (name == "act_peak" and costs.peak is not None):
             costs.row(name, "0", Reduction(space, base))  # the unknown-cost error, naming what exists
     if size_specs is None:
         size_specs = size_specs_of(size_budget, avg_bits, budgets)

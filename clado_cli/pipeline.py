@@ -40,7 +40,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     space = space_of(session.manifest)
     plan = resolve_plan(session.cache, cfg.layers, config_budgets=cfg.optimize.bounds, config_costs=cfg.optimize.costs,
                         shared_inputs=lambda: _shared_inputs(session), size_specs=budget_specs or None,
-                        macs=session.layer_macs)
+                        macs=session.layer_macs, act_elements=session.layer_act_elements)
     resolved = [b for b, _ in plan.points]
     for b in resolved:
         if b.bytes is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, List, Sequence
 
+from .decisions import option_keys
 from .measure import loss_increases
 
 
@@ -25,7 +26,7 @@ def refine(session, groups: Sequence[Sequence[Dict[str, Any]]], k_best: int) -> 
     values_of: Dict[int, List[float]] = {}
     for ks, members in by_batches.items():
         flat = [d for g in members for d in groups[g]]
-        measured = loss_increases(session, [{n: v["w_bits"] for n, v in d["layers"].items()} for d in flat], list(ks))
+        measured = loss_increases(session, [option_keys(d, session.qmodel.act_options) for d in flat], list(ks))
         at = 0
         for g in members:
             values_of[g] = [m["loss_increase"] for m in measured[at:at + len(groups[g])]]
@@ -41,7 +42,8 @@ def refine(session, groups: Sequence[Sequence[Dict[str, Any]]], k_best: int) -> 
             "batches": list(ks),
             "candidates": [{"rank": r, "predicted_loss_increase": g["predicted_loss_increase"],
                             "measured_loss_increase": values[r],
-                            "w_bits": {n: v["w_bits"] for n, v in g["layers"].items()}} for r, g in enumerate(group)],
+                            "w_bits": {n: v["w_bits"] for n, v in g["layers"].items()},
+                            "a_bits": {n: v["a_bits"] for n, v in g["layers"].items()}} for r, g in enumerate(group)],
         }
         if len(group) < k_best:
             d["warnings"].append(f"refine: the budgets admit only {len(group)} distinct choice(s) of the {k_best} asked "

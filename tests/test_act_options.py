@@ -365,3 +365,34 @@ def test_mpqco_input_term_is_the_first_order_change_of_the_logit(act_session):
     deriv = (z(eps) - z(-eps)) / (2 * eps)
     want = float(((deriv / z(0.0)) ** 2).sum()) / (2 * len(y))
     assert fast[l, k] == pytest.approx(want, rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["clado", "naive"])
+def test_an_activation_memory_budget_binds_and_is_met_exactly(act_session, method):
+    """act_memory (the sum of the decided layers' input bytes at their activation widths) as a
+    budget row, and act_peak (the largest) as a mask, beside a loose size budget."""
+    from clado_cli.decide import decide, resolve_plan
+    from clado_cli.prep import run_prep
+
+    s = act_session
+    run_prep(s, "clado", 0, 0)
+    elements = s.cache.load_act_elements()
+    names = list(s.plan.decided_names)
+    free = decide(s.cache, [method], [], plan=resolve_plan(s.cache, s.cfg.layers, avg_bits=8.0))[0]
+    used_free = sum(elements[n] * v["a_bits"] / 8 for n, v in free["layers"].items())
+    plan = resolve_plan(s.cache, s.cfg.layers, avg_bits=8.0, others=["act_memory=rel:0.5"])
+    (budget, _), = plan.points
+    bound = budget.bounds[0]["bound"]
+    low = sum(elements[n] * 4 / 8 for n in names)
+    high = sum(elements[n] * 8 / 8 for n in names)
+    assert bound == low + 0.5 * (high - low) and used_free > bound  # the unconstrained choice breaks it
+    (d,) = decide(s.cache, [method], [], plan=plan)
+    used = sum(elements[n] * v["a_bits"] / 8 for n, v in d["layers"].items())
+    row = {c["name"]: c for c in d["constraints"]}["act_memory"]
+    assert used <= bound and row["value"] == used and row["binding"]
+    assert d["costs"]["decided"]["act_memory"] == used
+    peak = resolve_plan(s.cache, s.cfg.layers, avg_bits=8.0, others=["act_peak=rel:0"])
+    (d,) = decide(s.cache, [method], [], plan=peak)
+    smallest_peak = max(elements[n] * 4 / 8 for n in names)
+    assert max(elements[n] * v["a_bits"] / 8 for n, v in d["layers"].items()) <= smallest_peak
+    assert d["costs"]["decided"]["act_peak"] <= peak.points[0][0].bounds[0]["bound"] == smallest_peak
