@@ -42,20 +42,22 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def probe_rows(n_layers: int, k: int = PROBE_ROWS) -> List[int]:
-    """k decided layers spread over the model, the midpoints of k equal strata, so that the
-    work of their rows, times n_layers / k, estimates the work of every row (the midpoint rule
-    on a cost that changes smoothly along the model); every layer when there are at most k."""
+    """k decided layers spread over the model, the midpoints of k equal strata, whose rows'
+    work, scaled by `extrapolate_rows`, estimates the work of every row; every layer when there
+    are at most k."""
     if n_layers <= k:
         return list(range(n_layers))
     return sorted({min(n_layers - 1, int((i + 0.5) * n_layers / k)) for i in range(k)})
 
 
-def extrapolate_rows(fixed: float, part: float, n_rows: int, n_probed: int) -> float:
+def extrapolate_rows(fixed: float, part: float, probed: Sequence[int], weights: Sequence[float]) -> float:
     """Seconds per batch from a probe: the work every batch does once (`fixed`: the probe with
-    no rows) plus the probed rows' share (`part` − `fixed`) scaled to all rows."""
-    if n_probed == 0:
+    no rows) plus the probed rows' share (`part` − `fixed`) scaled to all rows by `weights`
+    (each row's share of the work: its measurement count, or 1 each)."""
+    w = sum(weights[l] for l in probed)
+    if not probed or w <= 0:
         return fixed
-    return fixed + max(part - fixed, 0.0) * n_rows / n_probed
+    return fixed + max(part - fixed, 0.0) * sum(weights) / w
 
 
 def space_of(manifest: Dict[str, Any]) -> OptionSpace:

@@ -87,7 +87,7 @@ class Clado(Method):
         """The real engine, stacking included: the FastRunner times row 0's passes at every
         layer (prep/clado/estimate.py); the reference engine and the node-by-node runner run
         the rows of `probe_rows` and no row (what every batch does once), extrapolated to all
-        rows (a row of the reference costs in proportion to the layers after it: exact)."""
+        rows by each row's count of forward passes."""
         from ..prep.clado import FastRunner, clado_fast, clado_reference
         from ..prep.clado.estimate import fast_seconds_per_batch
 
@@ -101,9 +101,12 @@ class Clado(Method):
                 return clado_fast(qm, x, y, loss, runner=runner, rows=rs)
             return clado_reference(qm, x, y, loss, rows=rs)
 
+        B = len(session.cfg.quant.weight_candidates)
         probed = probe_rows(L)
         fixed = timed(lambda: rows([]))
-        return extrapolate_rows(fixed, timed(lambda: rows(probed)), L, len(probed))
+        # row l: B singles and B² pairs with each later layer, one forward pass each
+        weights = [B + B * B * (L - 1 - l) for l in range(L)]
+        return extrapolate_rows(fixed, timed(lambda: rows(probed)), probed, weights)
 
     def estimate_sizes(self, session):
         from ..prep.clado import measurement_count

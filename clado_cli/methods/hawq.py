@@ -80,7 +80,7 @@ class Hawq(Method):
             return timed(run)
         probed = probe_rows(L)
         fixed = timed(lambda: run([]))
-        return extrapolate_rows(fixed, timed(lambda: run(probed)), L, len(probed))
+        return extrapolate_rows(fixed, timed(lambda: run(probed)), probed, [1.0] * L)
 
     def estimate_sizes(self, session):
         L, B = len(session.plan.decided), len(session.cfg.quant.weight_candidates)

@@ -14,8 +14,10 @@ def test_probe_rows_spread_over_the_model():
     assert probe_rows(3) == [0, 1, 2] and probe_rows(1) == [0] and probe_rows(0) == []
     assert probe_rows(4) == [0, 2, 3]
     # the once-per-batch work plus the probed rows' share scaled to every row
-    assert extrapolate_rows(1.0, 4.0, 12, 3) == pytest.approx(13.0)
-    assert extrapolate_rows(1.0, 0.5, 12, 3) == 1.0 and extrapolate_rows(2.0, 9.0, 5, 0) == 2.0
+    assert extrapolate_rows(1.0, 4.0, [2, 6, 10], [1.0] * 12) == pytest.approx(13.0)
+    assert extrapolate_rows(1.0, 0.5, [2, 6, 10], [1.0] * 12) == 1.0 and extrapolate_rows(2.0, 9.0, [], [1.0] * 5) == 2.0
+    # weighted: rows whose work shrinks along the model (the reference's measurement counts)
+    assert extrapolate_rows(0.0, 3.0, [0], [3.0, 2.0, 1.0]) == pytest.approx(6.0)
 
 
 @pytest.mark.parametrize("method,extra", [
@@ -49,3 +51,22 @@ def test_dry_run_of_cached_batches_estimates_nothing(small_cfg):
     run_prep(s, "mpqco", 0, 0)
     plan = PrepRun(s, "mpqco", 0, 0).plan()
     assert plan["to_compute"] == [] and plan["estimated_seconds"] == 0 and plan["probe_seconds"] == 0
+
+
+def test_fast_probe_leaves_the_runner_as_it_was(shared_session):
+    """The probe times the runner's passes by wrapping run_pass on the instance; afterwards the
+    runner is its plain self and computes the same numbers as a fresh one."""
+    import numpy as np
+
+    from clado_cli.prep.clado import clado_fast, make_runner
+    from clado_cli.prep.clado.estimate import fast_seconds_per_batch
+
+    s = shared_session
+    x, y = s.sensitivity_batch(0)
+    runner, _ = make_runner(s.qmodel)
+    seconds = fast_seconds_per_batch(s.qmodel, runner, x, y, "ce")
+    assert math.isfinite(seconds) and seconds > 0 and "run_pass" not in vars(runner)
+    fresh, _ = make_runner(s.qmodel)
+    a = clado_fast(s.qmodel, x, y, "ce", runner=runner)
+    b = clado_fast(s.qmodel, x, y, "ce", runner=fresh)
+    assert np.array_equal(a["Ltilde"], b["Ltilde"]) and a["L0"] == b["L0"]
