@@ -74,10 +74,10 @@ class Mpqco(Method):
 
     def estimate(self, session, x, y, engine, runner):
         """fast: the real work of one batch (one forward, one backward, one layer call per
-        option); reference: its per-sample loop on a quarter of the batch (at least 4
+        option); reference: its per-sample loop on a quarter of the batch (at least 8
         samples), scaled to the batch. Both after a warm-up call on two samples."""
         N = x.shape[0]
-        n = N if engine == "fast" else min(N, max(4, -(-N // 4)))
+        n = N if engine == "fast" else min(N, max(8, -(-N // 4)))
         self.compute(session, x[:2], y[:2], 0, engine, runner)   # first-call costs, which a run pays once
         return timed(lambda: self.compute(session, x[:n], y[:n], 0, engine, runner)) * N / n
 
