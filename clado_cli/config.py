@@ -103,6 +103,11 @@ class DataConfig(_Section):
     # which end of the seeded permutation the calibration images come from: tail (disjoint from
     # the sensitivity batches, which start at its head) or head (the release's: overlaps them)
     calibration_from: Literal["tail", "head"] = "tail"
+    # false: a training split too small to hold the sensitivity batches and the calibration
+    # images apart (calibration_from: tail) is an error naming the counts; true: they may
+    # overlap (reported by `clado run`). calibration_from: head and eval_split: train ask for
+    # their overlap themselves
+    allow_overlap: bool = False
     # which split to evaluate on: test (digits/idx), val (imagefolder)
     eval_split: Literal["test", "val", "train"] = "test"
     # evaluate on at most this many images (None: all of the split)

@@ -48,10 +48,12 @@ def loss_increases(session, decisions_bits: Sequence[Mapping[str, int]], ks: Seq
 
 
 def held_out_batches(session, ks: Sequence[int], count: Optional[int] = None) -> List[int]:
-    """Up to `count` (default: as many as ks) training batches after the sensitivity set."""
-    from .data import num_batches
+    """Up to `count` (default: as many as ks) training batches after the sensitivity set, and
+    before the calibration images (calibration_from: tail), so that neither saw them."""
+    from .data.batches import disjoint_batches
 
-    available = num_batches(session.data.train, session.cfg.data.bs)
+    d = session.cfg.data
+    available = disjoint_batches(len(session.data.train), d.bs, d.calibration_size, d.calibration_from)
     start = max(ks) + 1 if ks else 0
     count = len(ks) if count is None else count
     return list(range(start, min(start + count, available)))

@@ -73,8 +73,10 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     comparisons = paired_comparisons(rows)
     splits = session.splits()
     if splits["sensitivity_calibration_overlap"] or splits["evaluation"] == "the training images":
-        warn(f"overlapping splits: {splits['sensitivity_calibration_overlap']} sensitivity images are also "
-             f"calibration images; evaluation on {splits['evaluation']}")
+        asked = f" (asked for by {', '.join(splits['overlap_requested'])})" if splits["overlap_requested"] else ""
+        warn(f"overlapping splits{asked}: {splits['sensitivity_calibration_overlap']} sensitivity images are also "
+             f"calibration images; evaluation on {splits['evaluation']} ({splits['sensitivity_evaluation_overlap']} "
+             f"sensitivity and {splits['calibration_evaluation_overlap']} calibration images among them)")
     plot = pareto_plot(rows, out_dir / "pareto.png",
                        f"{cfg.model.name} on {cfg.data.dataset}: top-1 vs {x} ({len(ks)} sensitivity batch(es))", x=x)
     results = {"clado_version": __version__, "fingerprint": session.fingerprint, "config": cfg.to_dict(),

@@ -209,6 +209,8 @@ class Session:
             m["act_bits"] = [a for _, a in c.quant.pairs()]
         if self.transform is not None:
             m["data"]["transform"] = {k: v for k, v in self.transform.items() if k not in ("source", "origin")}
+        if self.data.holdout is not None:   # which files are training images (data/base.py)
+            m["data"]["holdout"] = dict(self.data.holdout)
         return m
 
     @cached_property
@@ -257,14 +259,30 @@ class Session:
         return qm
 
     def splits(self) -> Dict[str, Any]:
-        """Which images play which part, and where they overlap (reported by `clado run`)."""
+        """Which images play which part, where they overlap and which overlap the config asked
+        for (reported by `clado run`: results.json `splits`, and a warning)."""
+        from .data import HOLDOUT_FRACTION, HOLDOUT_SEED
         from .data.batches import split_overlaps
 
         d = self.cfg.data
-        out = split_overlaps(len(self.data.train), d.bs, d.sb, d.eb, d.calibration_size, d.seed, d.calibration_from)
+        n_eval = len(self.data.eval) if d.eval_size is None else min(d.eval_size, len(self.data.eval))
+        on_train = d.eval_split == "train"
+        out = split_overlaps(len(self.data.train), d.bs, d.sb, d.eb, d.calibration_size, d.seed, d.calibration_from,
+                             n_eval if on_train else None)
         out["calibration_from"] = d.calibration_from
-        same = d.eval_split == "train" or self.data.eval is self.data.train
-        out["evaluation"] = "the training images" if same else f"the {d.eval_split} split (disjoint)"
+        out["training_images"] = len(self.data.train)
+        out["evaluation_images"] = n_eval
+        if on_train:
+            out["evaluation"] = "the training images"
+        elif self.data.holdout is not None:
+            out["evaluation"] = (f"a held-out {HOLDOUT_FRACTION:g} of the files, seed {HOLDOUT_SEED} "
+                                 f"({len(self.data.eval)} images, disjoint)")
+        else:
+            out["evaluation"] = f"the {d.eval_split} split (disjoint)"
+        out["overlap_requested"] = [k for k, asked in (
+            ("data.calibration_from: head", d.calibration_from == "head"),
+            ("data.eval_split: train", on_train),
+            ("data.allow_overlap: true", d.allow_overlap)) if asked]
         return out
 
     def sensitivity_batch(self, k: int):
@@ -278,5 +296,10 @@ class Session:
     def check_batch_range(self, sb: int, eb: int) -> None:
         from .data import num_batches
 
-        check_batch_range(sb, eb, num_batches(self.data.train, self.cfg.data.bs), len(self.data.train),
-                          self.cfg.data.bs)
+        from .data.batches import check_disjoint
+
+        d = self.cfg.data
+        check_batch_range(sb, eb, num_batches(self.data.train, d.bs), len(self.data.train), d.bs)
+        if not d.allow_overlap:   # sensitivity and calibration images apart (docs/methods.md, "Terms")
+            check_disjoint(len(self.data.train), d.bs, eb, d.calibration_size, d.calibration_from,
+                           f"the training split of {d.dataset}")

@@ -209,7 +209,7 @@ def test_dry_run_names_the_cheaper_hawq_estimator_when_per_layer_takes_hours(sha
     assert hawq.cheaper_hint(shared_session, 0.01, 4, 60.0) is None
     hint = hawq.cheaper_hint(shared_session, 0.01, 4, 5 * 3600.0)
     assert "about 5.0 h" in hint and "--estimator all-layers" in hint
-    monkeypatch.setattr(type(hawq), "estimate", lambda self, s, fwd, eng: (9000.0, 100, {"hvp": 1}))
+    monkeypatch.setattr(type(hawq), "estimate", lambda self, s, x, y, eng, runner: 9000.0)
     plan = PrepRun(shared_session, "hawq", 0, 1).plan()
     assert "suggestion" in plan or plan["to_compute"] == []
 

@@ -45,9 +45,9 @@ class LogitMse(Method):
         L, B = len(qm.decided), len(qm.candidates)
         return {"s": np.array(out).reshape(L, B)}
 
-    def estimate(self, session, forward_seconds, engine):
+    def estimate_sizes(self, session):
         n = len(session.qmodel.options)
-        return n * forward_seconds, 8 * n + 300, {"forward_passes": n + 1}
+        return 8 * n + 300, {"forward_passes": n + 1}
 
     def expected_arrays(self, space):
         return {"s": (space.n_layers, len(space.candidates))}

@@ -76,7 +76,8 @@ def _run(method, config, sb, eb, bs, seed, force, dry_run, engine, shard, model,
         out.print(f"{method}: would compute batches {summary['to_compute'] or 'none'} "
                   f"(cached: {summary['already_cached'] or 'none'}); {len(summary['options'])} options per layer "
                   f"({', '.join(summary['options'])}); per batch {summary['per_batch']}; "
-                  f"about {summary['estimated_seconds']} s and {summary['estimated_cache_bytes']:,} bytes of cache")
+                  f"about {summary['estimated_seconds']} s and {summary['estimated_cache_bytes']:,} bytes of cache "
+                  f"(probe: {summary['probe_seconds']} s)")
         if summary.get("suggestion"):
             out.print(f"suggestion: {summary['suggestion']}")
     else:
@@ -94,7 +95,8 @@ def _command(method: str, doc: str):
             eb: Optional[int] = typer.Option(None, "--eb", help="Last sensitivity batch (inclusive)."),
             bs: Optional[int] = BsOpt, seed: Optional[int] = SeedOpt,
             force: bool = typer.Option(False, "--force", help="Recompute batches already cached."),
-            dry_run: bool = typer.Option(False, "--dry-run", help="Print the work and an estimate; compute nothing."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Print the work and a time estimate (a timed probe of "
+                                         "the real work on the first batch); cache nothing but the calibration."),
             engine: Optional[str] = typer.Option(None, "--engine", help=f"{_readers('engine')}: fast or reference (same numbers)."),
             shard: Optional[str] = typer.Option(None, "--shard", help="Compute only shard K/N of the batches."),
             model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt, data: Optional[str] = DataOpt,

@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .base import DATASETS, DataSplits, Relabeled, TensorData, check_eval_split, parse_spec
+from .base import (
+    DATASETS,
+    HOLDOUT_FRACTION,
+    HOLDOUT_SEED,
+    DataSplits,
+    Relabeled,
+    TensorData,
+    check_eval_split,
+    holdout_split,
+    parse_spec,
+)
 from . import digits as _digits  # noqa: F401  (registers "digits")
 from . import idx as _idx  # noqa: F401  (registers "idx")
 from . import folders as _folders  # noqa: F401  (registers "imagefolder", "images")
@@ -33,6 +43,9 @@ __all__ = [
     "DATASETS",
     "DataSplits",
     "TensorData",
+    "HOLDOUT_FRACTION",
+    "HOLDOUT_SEED",
+    "holdout_split",
     "Relabeled",
     "load_data",
     "parse_spec",
@@ -53,7 +66,8 @@ def load_data(spec: str, image_size: int = 224, eval_split: str = "test",
               transform: Optional[Dict[str, Any]] = None, model_pre: Optional[Dict[str, Any]] = None) -> DataSplits:
     """Load the data set named by `spec`. `eval_split` picks the evaluation split: "test" or
     "val" -> the held-out split (digits/idx: the test part; imagefolder: val/), "train" -> the
-    training split. For images:PATH both splits are the same file list.
+    training split. images:PATH (and imagefolder:PATH without val/) hold out a seeded quarter of
+    their files for evaluation (data/base.py, holdout_split) unless `eval_split` is "train".
 
     File-backed sources (idx, imagefolder, images) take a transform resolved from their default,
     `model_pre` (the model's own preprocessing) and `transform` (the keys set in data.transform);

@@ -2,9 +2,10 @@
 and the checks on a spec's path."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import Dataset
@@ -18,6 +19,12 @@ from ..registry import Registry
 DATASETS: Registry = Registry("data set")
 
 EVAL_SPLITS = ("test", "val", "train")
+
+# A source without a held-out split of its own (images:PATH, imagefolder:PATH without val/)
+# holds out this fraction of its files (rounded up) for evaluation, chosen by a permutation
+# seeded with HOLDOUT_SEED: the same files on every machine, whatever data.seed says.
+HOLDOUT_FRACTION = 0.25
+HOLDOUT_SEED = 0
 
 
 @dataclass
@@ -33,6 +40,10 @@ class DataSplits:
     labeled: bool
     # the resolved preprocessing of file-backed sources (data/transform.py); None for others
     transform: Optional[object] = None
+    # a seeded held-out split cut by clado (holdout_split): {"fraction", "seed"}; part of the
+    # cache fingerprint, since it decides which files are training images. None for sources
+    # that come split (digits, idx, synthetic, imagefolder with val/)
+    holdout: Optional[Dict[str, Any]] = None
 
 
 class TensorData(Dataset):
@@ -66,6 +77,23 @@ class Relabeled(Dataset):
 
     def __getitem__(self, i: int):
         return self.base[i][0], int(self.labels[i])
+
+
+def holdout_split(n: int, what: str) -> Tuple[List[int], List[int]]:
+    """(training indices, evaluation indices) of `n` items, each in ascending order: the first
+    ceil(n * HOLDOUT_FRACTION) of a permutation seeded with HOLDOUT_SEED are held out."""
+    if n < 2:
+        raise InputError(f"{what}: {n} image{'s' if n != 1 else ''}; holding out a seeded "
+                         f"{HOLDOUT_FRACTION:g} of them for evaluation needs at least 2")
+    k = math.ceil(n * HOLDOUT_FRACTION)
+    g = torch.Generator()
+    g.manual_seed(HOLDOUT_SEED)
+    perm = torch.randperm(n, generator=g).tolist()
+    return sorted(perm[k:]), sorted(perm[:k])
+
+
+def holdout_record() -> Dict[str, Any]:
+    return {"fraction": HOLDOUT_FRACTION, "seed": HOLDOUT_SEED}
 
 
 def parse_spec(spec: str) -> Tuple[str, Optional[str]]:

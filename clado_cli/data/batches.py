@@ -2,7 +2,8 @@
 
 - sensitivity set: batch k = training images perm[k*bs:(k+1)*bs] of a seeded permutation of the
   training split, full batches only, so batch k is the same images for every method and run;
-- calibration set: the first `size` images of the same permutation;
+- calibration set: the last `size` images of the same permutation ("tail", disjoint from the
+  sensitivity batches; check_disjoint refuses a split too small for both), or the first ("head");
 - evaluation: the evaluation split in order.
 
 Items are stacked with torch.stack (or indexed directly for in-memory data); `workers > 0`
@@ -76,12 +77,47 @@ def calibration_batches(train_ds: Dataset, size: int, bs: int, seed: int, worker
     return _batched(train_ds, calibration_indices(len(train_ds), size, seed, position), bs, workers)
 
 
-def split_overlaps(n: int, bs: int, sb: int, eb: int, calibration_size: int, seed: int, position: str) -> dict:
-    """How many sensitivity images are also calibration images (docs/methods.md, "Terms")."""
+def split_overlaps(n: int, bs: int, sb: int, eb: int, calibration_size: int, seed: int, position: str,
+                   evaluation: Optional[int] = None) -> dict:
+    """How many sensitivity images are also calibration images (docs/methods.md, "Terms"), and,
+    when the evaluation set is the training split's first `evaluation` images (eval_split:
+    train), how many of those are sensitivity or calibration images."""
     sens = set(permutation(n, seed)[sb * bs:(eb + 1) * bs].tolist())
     cal = set(calibration_indices(n, calibration_size, seed, position).tolist())
-    return {"sensitivity_images": len(sens), "calibration_images": len(cal),
-            "sensitivity_calibration_overlap": len(sens & cal)}
+    out = {"sensitivity_images": len(sens), "calibration_images": len(cal),
+           "sensitivity_calibration_overlap": len(sens & cal)}
+    ev = set(range(min(n, evaluation))) if evaluation is not None else set()
+    out["sensitivity_evaluation_overlap"] = len(sens & ev)
+    out["calibration_evaluation_overlap"] = len(cal & ev)
+    return out
+
+
+def disjoint_batches(n: int, bs: int, calibration_size: int, position: str) -> int:
+    """How many sensitivity batches (from the permutation's head) stay clear of the calibration
+    images: all full batches under "head" (which overlaps by choice), else those before the
+    tail's min(size, n) images."""
+    _check_bs(bs)
+    if position == "head":
+        return n // bs
+    return max(0, n - min(int(calibration_size), n)) // bs
+
+
+def check_disjoint(n: int, bs: int, eb: int, calibration_size: int, position: str, what: str = "the training split") -> None:
+    """Sensitivity batches 0..eb and the calibration tail must not share an image: a one-line
+    error naming the counts and the ways out when `n` images cannot hold both."""
+    if position != "tail":
+        return
+    sens, cal = (eb + 1) * bs, min(int(calibration_size), n)
+    if sens + cal <= n:
+        return
+    fit = disjoint_batches(n, bs, calibration_size, position)
+    ways = [f"lower eb to {fit - 1}" if fit else None,
+            f"lower data.calibration_size to {n - sens}" if n > sens else None,
+            "set data.allow_overlap: true (the overlap is then reported)"]
+    raise UsageError(
+        f"{what} has {n} images, too few to keep sensitivity batches 0..{eb} ({sens} images in batches of {bs}) "
+        f"and {cal} calibration images apart ({sens + cal} needed): {', or '.join(w for w in ways if w)}",
+        params=("eb",))
 
 
 def eval_batches(eval_ds: Dataset, bs: int, limit: Optional[int] = None, workers: int = 0) -> Iterator[Batch]:

@@ -1,17 +1,19 @@
 """Image files on disk: `imagefolder:PATH` (ImageNet layout, labeled) and `images:PATH` (a tree
 of unlabeled images), both with the deterministic ImageNet evaluation transform, and
-`pseudo_label` to label the latter with a float model's predictions."""
+`pseudo_label` to label the latter with a float model's predictions. Unless data.eval_split is train,
+`images:` holds out a seeded quarter of its files for evaluation, and so does an imagefolder
+without val/ of train/ (data/base.py, holdout_split)."""
 from __future__ import annotations
 
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from ..errors import InputError
-from .base import DATASETS, DataSplits, Relabeled, TensorData, existing_dir
+from .base import DATASETS, DataSplits, Relabeled, TensorData, existing_dir, holdout_record, holdout_split
 
 from .transform import IMAGENET_MEAN, IMAGENET_STD, Transform, resolve_transform  # noqa: F401
 
@@ -88,11 +90,14 @@ def load_imagefolder_splits(spec: str, path: Optional[str], image_size: int, eva
         raise InputError(
             f"imagefolder data at {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in train/<class>/"
         )
+    holdout = None
     if eval_split == "train":
         held_out = train
+    elif not os.path.isdir(val_dir):
+        # no val/: a seeded part of train/ is held out for evaluation (data/base.py)
+        tr, ev = holdout_split(len(train), f"imagefolder data at {path} (no val/, so train/ is split)")
+        train, held_out, holdout = Subset(train, tr), Subset(train, ev), holdout_record()
     else:
-        if not os.path.isdir(val_dir):
-            raise InputError(f"imagefolder data at {path}: missing val/ (expected {path}/val/<class>/*.JPEG)")
         extra = sorted(set(_class_dirs(val_dir)) - set(classes))
         if extra:
             raise InputError(
@@ -112,6 +117,7 @@ def load_imagefolder_splits(spec: str, path: Optional[str], image_size: int, eva
         input_shape=resolved.output_shape(),
         labeled=True,
         transform=resolved,
+        holdout=holdout,
     )
 
 
@@ -170,15 +176,25 @@ def load_images_splits(spec: str, path: Optional[str], image_size: int, eval_spl
     if not files:
         raise InputError(f"images data at {path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     resolved = _resolved("images", image_size, transform)
-    ds = ImageFiles(files, resolved.pil())
+    if eval_split == "train":   # asked for: evaluate on the very files (an overlap, reported)
+        train = held_out = ImageFiles(files, resolved.pil())
+        holdout = None
+    else:
+        # a seeded quarter of the files is held out for evaluation (data/base.py, holdout_split),
+        # so that evaluation never sees a sensitivity or calibration image
+        tr, ev = holdout_split(len(files), f"images data at {path}")
+        train = ImageFiles([files[i] for i in tr], resolved.pil())
+        held_out = ImageFiles([files[i] for i in ev], resolved.pil())
+        holdout = holdout_record()
     return DataSplits(
         spec=spec,
-        train=ds,
-        eval=ds,
+        train=train,
+        eval=held_out,
         num_classes=None,
         input_shape=resolved.output_shape(),
         labeled=False,
         transform=resolved,
+        holdout=holdout,
     )
 
 

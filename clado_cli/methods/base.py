@@ -28,6 +28,37 @@ from ..store import Cache, Stored
 
 Tick = Optional[Callable[[int], None]]
 
+# how many rows (decided layers) a dry run's probe computes: spread over the model (probe_rows)
+PROBE_ROWS = 3
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Wall seconds of one call of `fn`."""
+    import time
+
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def probe_rows(n_layers: int, k: int = PROBE_ROWS) -> List[int]:
+    """k decided layers spread over the model, the midpoints of k equal strata, whose rows'
+    work, scaled by `extrapolate_rows`, estimates the work of every row; every layer when there
+    are at most k."""
+    if n_layers <= k:
+        return list(range(n_layers))
+    return sorted({min(n_layers - 1, int((i + 0.5) * n_layers / k)) for i in range(k)})
+
+
+def extrapolate_rows(fixed: float, part: float, probed: Sequence[int], weights: Sequence[float]) -> float:
+    """Seconds per batch from a probe: the work every batch does once (`fixed`: the probe with
+    no rows) plus the probed rows' share (`part` − `fixed`) scaled to all rows by `weights`
+    (each row's share of the work: its measurement count, or 1 each)."""
+    w = sum(weights[l] for l in probed)
+    if not probed or w <= 0:
+        return fixed
+    return fixed + max(part - fixed, 0.0) * sum(weights) / w
+
 
 def space_of(manifest: Dict[str, Any]) -> OptionSpace:
     """The option space (decided layers x candidate widths) a cache was computed for."""
@@ -143,9 +174,16 @@ class Method:
     def finish_part(self, session, summed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return summed
 
-    def estimate(self, session, forward_seconds: float, engine: Optional[str]) -> Tuple[float, int, Dict[str, int]]:
-        """--dry-run: (seconds per batch, bytes per cached batch file, work per batch)."""
+    def estimate_sizes(self, session) -> Tuple[int, Dict[str, int]]:
+        """--dry-run: (bytes per cached batch file, work per batch)."""
         raise NotImplementedError
+
+    def estimate(self, session, x, y, engine: Optional[str], runner: Any) -> float:
+        """--dry-run: seconds per batch, from a timed probe of this method's real work on
+        batch (x, y) (see `timed`, `probe_rows`), with `runner` as `runner()` built it. By
+        default the whole batch is computed once (nothing is cached); a costly method probes a
+        part of it and scales."""
+        return timed(lambda: self.compute(session, x, y, 0, engine, runner))
 
     def cheaper_hint(self, session, forward_seconds: float, batches: int, seconds: float) -> Optional[str]:
         """--dry-run: a cheaper setting worth naming when this one would take long."""

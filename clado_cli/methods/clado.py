@@ -11,7 +11,7 @@ from ..console import warn
 from ..errors import InputError
 from ..optimize import Budget, OptionSpace, g_from_ltilde, solve_iqp
 from ..store import Stored
-from .base import Method, Sensitivities, SolveOptions, register
+from .base import Method, Sensitivities, SolveOptions, extrapolate_rows, probe_rows, register, timed
 
 
 @dataclass
@@ -83,14 +83,36 @@ class Clado(Method):
             vals = clado_reference(qm, x, y, loss, rows=rows)
         return {"Ltilde": vals["Ltilde"], "L0": np.float64(vals["L0"] if rank == 0 else 0.0)}
 
-    def estimate(self, session, forward_seconds, engine):
+    def estimate(self, session, x, y, engine, runner):
+        """The real engine, stacking included: the FastRunner times row 0's passes at every
+        layer (prep/clado/estimate.py); the reference engine and the node-by-node runner run
+        the rows of `probe_rows` and no row (what every batch does once), extrapolated to all
+        rows by each row's count of forward passes."""
+        from ..prep.clado import FastRunner, clado_fast, clado_reference
+        from ..prep.clado.estimate import fast_seconds_per_batch
+
+        qm, loss = session.qmodel, session.cfg.prep.loss
+        L = len(session.plan.decided)
+        if isinstance(runner, FastRunner):
+            return fast_seconds_per_batch(qm, runner, x, y, loss)
+
+        def rows(rs):
+            if runner is not None:
+                return clado_fast(qm, x, y, loss, runner=runner, rows=rs)
+            return clado_reference(qm, x, y, loss, rows=rs)
+
+        B = len(session.cfg.quant.weight_candidates)
+        probed = probe_rows(L)
+        fixed = timed(lambda: rows([]))
+        # row l: B singles and B² pairs with each later layer, one forward pass each
+        weights = [B + B * B * (L - 1 - l) for l in range(L)]
+        return extrapolate_rows(fixed, timed(lambda: rows(probed)), probed, weights)
+
+    def estimate_sizes(self, session):
         from ..prep.clado import measurement_count
 
         L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
-        passes = measurement_count(L, B)
-        # fast: measured 0.17-0.27x of the reference engine's time (docs/performance.md)
-        seconds = passes * forward_seconds * (1.3 if engine == "reference" else 0.3)
-        return seconds, 8 * (L * B) ** 2 + 300, {"forward_passes": passes}
+        return 8 * (L * B) ** 2 + 300, {"forward_passes": measurement_count(L, B)}
 
     def summary_extra(self, runner) -> Dict[str, Any]:
         # perturbations stacked per pass at each decided layer by the fast engine (None when it

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..store import Stored
-from .base import Method, SolveOptions, register
+from .base import Method, SolveOptions, extrapolate_rows, probe_rows, register, timed
 from .mpqco import LinearSensitivities, solve_linear
 
 
@@ -72,18 +72,39 @@ class Hawq(Method):
         return {**summed, "iterations": summed["iterations"].astype(np.int64),
                 "numel": summed["numel"].astype(np.int64)}
 
-    def estimate(self, session, forward_seconds, engine):
+    def estimate(self, session, x, y, engine, runner):
+        """per-layer: the real probes of the layers of `probe_rows` (each until it converges,
+        as prep runs them) and of no layer (the forward and the graph of gradients every batch
+        builds once), extrapolated to all layers; all-layers: the real work of one batch (one
+        probe stream for every layer)."""
+        from ..prep.hawq import hawq_traces
+
+        L, p = len(session.plan.decided), session.cfg.prep
+
+        def run(layers=None):
+            hawq_traces(session.float_model.requires_grad_(True), session.qmodel, x, y, p.loss, p.hawq_max_iter,
+                        p.hawq_tol, seed=session.cfg.data.seed * 1_000_003, estimator=p.hawq_estimator,
+                        layers=layers)
+
+        if p.hawq_estimator != "per-layer":
+            return timed(run)
+        probed = probe_rows(L)
+        fixed = timed(lambda: run([]))
+        return extrapolate_rows(fixed, timed(lambda: run(probed)), probed, [1.0] * L)
+
+    def estimate_sizes(self, session):
         L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
         p = session.cfg.prep
         passes = p.hawq_max_iter * (L if p.hawq_estimator == "per-layer" else 1)
-        return passes * forward_seconds * 4, 8 * L * (B + 3) + 300, {"hessian_vector_products_at_most": passes}
+        return 8 * L * (B + 3) + 300, {"hessian_vector_products_at_most": passes}
 
     def cheaper_hint(self, session, forward_seconds, batches, seconds):
         """Per-layer probes cost L times the all-layers ones: name the saving past an hour."""
         p = session.cfg.prep
         if p.hawq_estimator != "per-layer" or seconds < 3600:
             return None
-        fast = p.hawq_max_iter * forward_seconds * 4 * batches
+        # one probe stream for all layers instead of one per layer: about 1/L of the time
+        fast = seconds / max(len(session.plan.decided), 1)
         return (f"the per-layer estimator would take about {seconds / 3600:.1f} h; --estimator all-layers takes "
                 f"about {fast / 60:.0f} min (one probe for all layers, noisier traces: docs/performance.md)")
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..optimize import Budget, solve_ilp
 from ..store import Stored
-from .base import Method, Sensitivities, SolveOptions, register
+from .base import Method, Sensitivities, SolveOptions, register, timed
 
 
 @dataclass
@@ -73,10 +73,18 @@ class Mpqco(Method):
     def finish_part(self, session, summed):
         return {"s": summed["s_sum"] / (2 * session.cfg.data.bs)}
 
-    def estimate(self, session, forward_seconds, engine):
+    def estimate(self, session, x, y, engine, runner):
+        """fast: the real work of one batch (one forward, one backward, one layer call per
+        option); reference: its per-sample loop on a quarter of the batch (at least 8
+        samples), scaled to the batch. Both after a warm-up call on two samples."""
+        N = x.shape[0]
+        n = N if engine == "fast" else min(N, max(8, -(-N // 4)))
+        self.compute(session, x[:2], y[:2], 0, engine, runner)   # first-call costs, which a run pays once
+        return timed(lambda: self.compute(session, x[:n], y[:n], 0, engine, runner)) * N / n
+
+    def estimate_sizes(self, session):
         L, B = len(session.plan.decided), len(session.cfg.quant.pairs())
-        bs = session.cfg.data.bs
-        return bs * forward_seconds * 3 / bs * 2, 8 * L * B + 300, {"per_sample_gradients": bs}
+        return 8 * L * B + 300, {"per_sample_gradients": session.cfg.data.bs}
 
     def expected_arrays(self, space):
         return {"s": (space.n_layers, len(space.candidates))}

@@ -22,7 +22,7 @@ is derived from them by `clado_cli.methods.hawq.hawq_sensitivity`.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,9 +51,11 @@ def _converged(prev: float, cur: float, tol: float) -> bool:
 def hawq_traces(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torch.Tensor,
                 loss_kind: str = "ce", max_iter: int = 100, tol: float = 1e-3, seed: int = 0,
                 estimator: str = "per-layer", tick: Optional[Callable[[int], None]] = None,
-                return_samples: bool = False) -> Dict[str, np.ndarray]:
+                return_samples: bool = False, layers: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
     """Per-layer Hutchinson traces. `return_samples`: also return every probe's value
-    (`samples`, L × max_iter, NaN where a layer had stopped) to study the estimators."""
+    (`samples`, L × max_iter, NaN where a layer had stopped) to study the estimators.
+    `layers` (per-layer estimator): probe only these decided layers, the others' traces stay 0
+    (the dry run's timing probe)."""
     from pyhessian.utils import hessian_vector_product
 
     names = [q.name for q in qm.decided]
@@ -68,7 +70,7 @@ def hawq_traces(model: torch.nn.Module, qm: QuantModel, x: torch.Tensor, y: torc
     iters = np.zeros(L, dtype=np.int64)
     samples = np.full((L, max_iter), np.nan)
     if estimator == "per-layer":
-        for l in range(L):
+        for l in (range(L) if layers is None else layers):
             vals: List[float] = []
             for it in range(max_iter):
                 v = _rademacher(params[l].shape, gen, params[l].device)

@@ -220,23 +220,33 @@ class PrepRun:
 
     # -- dry run ----------------------------------------------------------------------------------
     def plan(self) -> Dict[str, Any]:
-        """--dry-run: what would be computed, with a time estimate from one timed probe."""
+        """--dry-run: what would be computed, with a time estimate from a timed probe of the
+        method's real work on the first batch (Method.estimate). Nothing is cached but the
+        quantizers' calibration, which prep would do first anyway (and which is not timed)."""
         todo = [k for k in self.ks if not self.cache.has_batch(self.kind, k)]
         if not self.ks:
             raise UsageError(f"this shard owns none of batches {self.sb}..{self.eb}")
-        x, _ = self.session.sensitivity_batch(self.ks[0])
+        x, y = self.session.sensitivity_batch(self.ks[0])
         model = self.session.float_model
         with torch.no_grad():
             model(x)
             t = time.time()
             model(x)
             fwd = time.time() - t
-        per_batch_seconds, per_file, work = self.method.estimate(self.session, fwd, self.engine)
+        per_batch_seconds, probe_seconds, engine = 0.0, 0.0, self.engine
+        per_file, work = self.method.estimate_sizes(self.session)
+        if todo:
+            self.session.qmodel  # noqa: B018  calibrated (or loaded) before the probe, as prep does
+            runner, engine, _ = self.method.runner(self.session, self.engine)
+            t = time.time()
+            per_batch_seconds = self.method.estimate(self.session, x, y, engine, runner)
+            probe_seconds = time.time() - t
         plan = {
             "method": self.method.name, "dry_run": True, "fingerprint": self.session.fingerprint,
             "cache": str(self.cache.root), "batches": self.ks, "to_compute": todo,
-            "already_cached": [k for k in self.ks if k not in todo],
-            "per_batch": work, "forward_seconds_probe": round(fwd, 5),
+            "already_cached": [k for k in self.ks if k not in todo], "engine": engine,
+            "per_batch": work, "forward_seconds_probe": round(fwd, 5), "probe_seconds": round(probe_seconds, 3),
+            "estimated_seconds_per_batch": round(per_batch_seconds, 4),
             # the options of every decided layer: weight widths, or w4a8-style pairs (quant.options)
             "options": [self.session.cfg.quant.option_label(w, a) for w, a in self.session.cfg.quant.pairs()],
             "estimated_seconds": round(per_batch_seconds * len(todo), 2),

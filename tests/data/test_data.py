@@ -272,7 +272,8 @@ def test_imagefolder_layout_errors(tmp_path):
         load_data(f"imagefolder:{empty}")
     (empty / "train" / "a").mkdir(parents=True)
     _image(empty / "train" / "a" / "x.png", (9, 9), (0, 0, 0))
-    with pytest.raises(InputError, match="missing val/"):
+    # no val/: train/ is split, which one image cannot be
+    with pytest.raises(InputError, match=r"no val/, so train/ is split\): 1 image; .* needs at least 2"):
         load_data(f"imagefolder:{empty}", eval_split="val")
     assert len(load_data(f"imagefolder:{empty}", image_size=8, eval_split="train").eval) == 1
 
@@ -297,16 +298,21 @@ def _unlabeled_tree(root):
 
 def test_images_unlabeled(tmp_path):
     _unlabeled_tree(tmp_path)
-    d = load_data(f"images:{tmp_path}", image_size=24)
+    every = ["a.jpg", "b.png", "gray.jpeg", os.path.join("sub", "c.BMP"), os.path.join("sub", "deeper", "d.webp")]
+    d = load_data(f"images:{tmp_path}", image_size=24, eval_split="train")
     assert not d.labeled and d.num_classes is None and d.input_shape == (3, 24, 24)
-    assert d.train is d.eval and len(d.train) == 5
-    assert [os.path.relpath(f, tmp_path) for f in d.train.files] == [
-        "a.jpg", "b.png", "gray.jpeg", os.path.join("sub", "c.BMP"), os.path.join("sub", "deeper", "d.webp")
-    ]
+    assert d.train is d.eval and len(d.train) == 5 and d.holdout is None
+    assert [os.path.relpath(f, tmp_path) for f in d.train.files] == every
     x, y = d.train[3]
     assert x.shape == (3, 24, 24) and y == -1
     xb, yb = next(eval_batches(d.eval, 4))
     assert xb.shape == (4, 3, 24, 24) and yb.tolist() == [-1] * 4
+    # the default: ceil(5/4) = 2 files held out, each part in path order
+    d = load_data(f"images:{tmp_path}", image_size=24)
+    train = [os.path.relpath(f, tmp_path) for f in d.train.files]
+    held = [os.path.relpath(f, tmp_path) for f in d.eval.files]
+    assert len(held) == 2 and sorted(train + held) == sorted(every) and not set(train) & set(held)
+    assert train == sorted(train, key=every.index) and d.holdout == {"fraction": 0.25, "seed": 0}
 
 
 def test_images_empty_folder(tmp_path):
@@ -317,7 +323,7 @@ def test_images_empty_folder(tmp_path):
 
 def test_pseudo_label_is_model_argmax(tmp_path):
     _unlabeled_tree(tmp_path)
-    d = load_data(f"images:{tmp_path}", image_size=16)
+    d = load_data(f"images:{tmp_path}", image_size=16, eval_split="train")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 7))
     model.train()
