@@ -100,11 +100,12 @@ def synthetic_g(space: OptionSpace, rng: np.random.Generator) -> np.ndarray:
 
 def cache_g(cache_dir: str) -> Tuple[OptionSpace, np.ndarray]:
     """The space and G of a real CLADO cache directory (<cache>/<fingerprint>)."""
-    from clado_cli.decide import space_of
-    from clado_cli.prep.cache import Cache
+    from clado_cli.methods.base import space_of
+    from clado_cli.methods.clado import Clado
+    from clado_cli.store.cache import Cache
 
     cache = Cache.from_dir(Path(cache_dir))
-    vals, _, _ = cache.combine("clado")
+    vals, _, _ = cache.combine(Clado.stored)[:3]
     space = space_of(cache.manifest)
     return space, g_from_ltilde(vals["Ltilde"], space)
 
