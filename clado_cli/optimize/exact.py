@@ -227,15 +227,19 @@ def _ipm_root(prog: OneHotProgram, budget_rlt: bool, seconds: float):
 LAZY_ROWS_PER_ROUND = 200  # the most violated budget RLT rows added per round
 
 
-def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, solver: str = "simplex"):
+def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, solver: Optional[str] = None):
     """The root LP with the budget RLT rows separated lazily: the LP with the one-hot RLT rows
     only, then, round by round, the budget RLT rows the LP point violates are added and the LP
     re-solved (dual simplex from the last basis), until none is violated, the bound reaches the
     incumbent or time runs out. Every round's bound is the Lagrangian bound of the full model
     (the left-out rows' multipliers 0), so it is valid whenever the round stopped. Returns
-    (best bound or None, its reduced costs, the options whose budget RLT rows were added, notes)."""
+    (best bound or None, its reduced costs, the options whose budget RLT rows were added, notes).
+    solver: of the first round (later rounds: dual simplex from its basis); default interior point
+    with crossover from IPM_COLUMNS columns, else simplex (measured, docs/solvers.md)."""
     t0 = time.perf_counter()
     full = build(prog, budget_rlt=True)
+    if solver is None:
+        solver = "ipm" if full.n_cols >= IPM_COLUMNS else "simplex"
     A = full.A.tocsr()
     lazy = full.budget_rlt_rows[full.budget_rlt_rows >= 0]
     active = np.ones(A.shape[0], dtype=bool)
@@ -244,13 +248,15 @@ def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, s
     sub = LinearModel(c=full.c, offset=full.offset, A=A[rows], row_lower=full.row_lower[rows], row_upper=full.row_upper[rows],
                       col_lower=full.col_lower, col_upper=full.col_upper, n_x=full.n_x, first=full.first, second=full.second,
                       budget_rlt_rows=np.full_like(full.budget_rlt_rows, -1))
-    h = _highs(sub, integer=False, options={"solver": solver, "time_limit": max(deadline - time.perf_counter(), 0.01)})
+    h = _highs(sub, integer=False, options={"solver": solver, "run_crossover": "on", "time_limit": max(deadline - time.perf_counter(), 0.01)})
     order = list(rows)  # the full model's row of each row of h
     best, best_d, rounds, status = None, None, 0, "not run"
     while True:
-        h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.01))
+        # HiGHS counts its time limit over every run of the object
+        h.setOptionValue("time_limit", h.getRunTime() + max(deadline - time.perf_counter(), 0.01))
         h.run()
         rounds += 1
+        h.setOptionValue("solver", "simplex")
         status = h.modelStatusToString(h.getModelStatus()).lower()
         solution = h.getSolution()
         if solution.dual_valid:
@@ -274,7 +280,7 @@ def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, s
                   block.indices.astype(np.int32), block.data)
     added = np.isin(full.budget_rlt_rows, np.nonzero(active)[0]) & (full.budget_rlt_rows >= 0)
     options = np.nonzero(added.any(axis=0))[0]
-    note = (f"root LP with lazy budget RLT rows ({solver}; {len(rows)} rows x {full.n_cols} columns, then {int(active.sum()) - len(rows)} "
+    note = (f"root LP with lazy budget RLT rows ({solver}, then dual simplex; {len(rows)} rows x {full.n_cols} columns, then {int(active.sum()) - len(rows)} "
             f"of {len(lazy)} budget RLT rows added in {rounds} rounds) {status} in {time.perf_counter() - t0:.1f} s"
             + (f", bound {best:.6g}" if best is not None else ", no bound"))
     return best, best_d, options, [note]
