@@ -94,6 +94,16 @@ FORMULATIONS = {
     "root-lazy+pair+budget-rlt": (True, "lazy"),
 }
 DEFAULT_FORMULATION = "pair+budget-rlt"  # measured fastest to a proof on most instances, docs/solvers.md
+LARGE_FORMULATION = "root-lazy+pair+budget-rlt"  # from LAZY_COLUMNS columns: HiGHS's MIP does not finish its
+LAZY_COLUMNS = 30_000  # root there in 60 s (100x3: bound -99 vs 6.9 from the lazy root; docs/solvers.md)
+
+
+def default_formulation(layer: np.ndarray) -> str:
+    """DEFAULT_FORMULATION, or LARGE_FORMULATION when the linearization of a program with these
+    option layers has LAZY_COLUMNS columns or more (x and y: n + (n^2 - sum of squared layer sizes) / 2)."""
+    n = len(layer)
+    columns = n + (n * n - int((np.bincount(np.asarray(layer)) ** 2).sum())) // 2
+    return LARGE_FORMULATION if columns >= LAZY_COLUMNS else DEFAULT_FORMULATION
 
 
 def _mip(prog: OneHotProgram, opts: Optional[np.ndarray], deadline: float, rel_gap: float, abs_gap: float, budget_rlt: bool,
@@ -166,7 +176,7 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
         return ExactOutcome(opts, value, bound, None, bound is not None and value - bound <= tol(value), notes)
 
     if root_lp == "lazy":
-        root, d, rlt_options, root_notes = _lazy_root(prog, value, tol(value), deadline)
+        root, d, rlt_options, root_notes = _lazy_root(prog, value, tol(value), deadline, seed=opts if LAZY_SEED else None)
     else:
         root, d, root_notes = _ipm_root(prog, budget_rlt, remaining())
         rlt_options = None
@@ -224,10 +234,12 @@ def _ipm_root(prog: OneHotProgram, budget_rlt: bool, seconds: float):
                      f"{time.perf_counter() - t0:.1f} s" + (f", bound {root:.6g}" if root is not None else ", no bound")]
 
 
+LAZY_SEED = True  # the incumbent's budget RLT rows from the first round on
 LAZY_ROWS_PER_ROUND = 200  # the most violated budget RLT rows added per round
 
 
-def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, solver: Optional[str] = None):
+def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, solver: Optional[str] = None,
+               seed: Optional[np.ndarray] = None):
     """The root LP with the budget RLT rows separated lazily: the LP with the one-hot RLT rows
     only, then, round by round, the budget RLT rows the LP point violates are added and the LP
     re-solved (dual simplex from the last basis), until none is violated, the bound reaches the
@@ -235,7 +247,9 @@ def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, s
     (the left-out rows' multipliers 0), so it is valid whenever the round stopped. Returns
     (best bound or None, its reduced costs, the options whose budget RLT rows were added, notes).
     solver: of the first round (later rounds: dual simplex from its basis); default interior point
-    with crossover from IPM_COLUMNS columns, else simplex (measured, docs/solvers.md)."""
+    with crossover from IPM_COLUMNS columns, else simplex (measured, docs/solvers.md). seed: options
+    whose budget RLT rows are in the first round already (the incumbent's: the rows a choice near
+    it makes tight)."""
     t0 = time.perf_counter()
     full = build(prog, budget_rlt=True)
     if solver is None:
@@ -244,6 +258,9 @@ def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, s
     lazy = full.budget_rlt_rows[full.budget_rlt_rows >= 0]
     active = np.ones(A.shape[0], dtype=bool)
     active[lazy] = False
+    if seed is not None:
+        seeded = full.budget_rlt_rows[:, np.asarray(seed)]
+        active[seeded[seeded >= 0]] = True
     rows = np.nonzero(active)[0]
     sub = LinearModel(c=full.c, offset=full.offset, A=A[rows], row_lower=full.row_lower[rows], row_upper=full.row_upper[rows],
                       col_lower=full.col_lower, col_upper=full.col_upper, n_x=full.n_x, first=full.first, second=full.second,
@@ -281,6 +298,6 @@ def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, s
     added = np.isin(full.budget_rlt_rows, np.nonzero(active)[0]) & (full.budget_rlt_rows >= 0)
     options = np.nonzero(added.any(axis=0))[0]
     note = (f"root LP with lazy budget RLT rows ({solver}, then dual simplex; {len(rows)} rows x {full.n_cols} columns, then {int(active.sum()) - len(rows)} "
-            f"of {len(lazy)} budget RLT rows added in {rounds} rounds) {status} in {time.perf_counter() - t0:.1f} s"
+            f"more of {len(lazy)} budget RLT rows added in {rounds} rounds{'' if seed is None else ', the incumbent' + chr(39) + 's in the first'}) {status} in {time.perf_counter() - t0:.1f} s"
             + (f", bound {best:.6g}" if best is not None else ", no bound"))
     return best, best_d, options, [note]
