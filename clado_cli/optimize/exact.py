@@ -12,6 +12,10 @@ The bound reported is max(root bound, min(MIP bound, bound of the removed option
 is x'Qx itself (no shift, no clipping). That is formulation "root+pair+budget-rlt"; "pair" and
 "pair+budget-rlt" hand the whole program to HiGHS's MIP from the incumbent (measured faster
 on most instances: HiGHS's own root with cuts beats a separate interior-point root).
+"root-lazy+pair+budget-rlt" solves the root with the budget RLT rows separated lazily
+(_lazy_root; every round's bound is the full model's Lagrangian bound) and hands the MIP only
+the rows it separated; default_formulation picks it for programs whose linearization has
+LAZY_COLUMNS columns or more, where HiGHS's MIP does not finish its own root in 60 s.
 """
 from __future__ import annotations
 
@@ -234,7 +238,7 @@ def _ipm_root(prog: OneHotProgram, budget_rlt: bool, seconds: float):
                      f"{time.perf_counter() - t0:.1f} s" + (f", bound {root:.6g}" if root is not None else ", no bound")]
 
 
-LAZY_SEED = True  # the incumbent's budget RLT rows from the first round on
+LAZY_SEED = False  # the incumbent's budget RLT rows in the first round: measured slower (docs/solvers.md)
 LAZY_ROWS_PER_ROUND = 200  # the most violated budget RLT rows added per round
 
 
