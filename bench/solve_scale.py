@@ -22,11 +22,12 @@ Budget: decided bytes = smallest + `--budget-fraction` x (largest - smallest).
 
 Runs (`--runs`, comma list of solver:psd[:formulation] or `heuristic`): default every installed
 solver with psd exact (default formulation), plus shift and clip on highs, plus the heuristic
-alone (1 s). Formulations of exact (highs, scip): pair, pair+budget-rlt, root+pair+budget-rlt. Each run goes through
+alone (1 s). Formulations of exact (highs, scip): pair, pair+budget-rlt, root+pair+budget-rlt,
+root-lazy+pair+budget-rlt (highs only). Each run goes through
 clado_cli.optimize.solve_iqp with --time-limit. Columns: true objective x'Gx of the decision,
 how much worse it is than the best known value of the instance (the least objective of all
 runs), in % of |best|, the reported true gap (objective - bound)/|objective| in %, the status,
-seconds.
+seconds; at the end the same runs side by side, one line per instance (true gap %, bound, seconds).
 """
 from __future__ import annotations
 
@@ -100,22 +101,43 @@ def synthetic_g(space: OptionSpace, rng: np.random.Generator) -> np.ndarray:
 
 def cache_g(cache_dir: str) -> Tuple[OptionSpace, np.ndarray]:
     """The space and G of a real CLADO cache directory (<cache>/<fingerprint>)."""
-    from clado_cli.decide import space_of
-    from clado_cli.prep.cache import Cache
+    from clado_cli.methods.base import space_of
+    from clado_cli.methods.clado import Clado
+    from clado_cli.store.cache import Cache
 
     cache = Cache.from_dir(Path(cache_dir))
-    vals, _, _ = cache.combine("clado")
+    vals, _, _ = cache.combine(Clado.stored)[:3]
     space = space_of(cache.manifest)
     return space, g_from_ltilde(vals["Ltilde"], space)
+
+
+def width_weights(base: List[int], target: List[int]) -> np.ndarray:
+    """(target x base) weights: a width the base has copies it; one between two base widths a < b
+    is the mix (1 - t) a + t b with t = (1 - 4^-(w-a)) / (1 - 4^-(b-a)), which puts a diagonal
+    entry (quantization noise power, falling 4x per bit) where 4^-bits puts it. The measured G has
+    widths 2/4/8, so a 4-width instance (2/4/6/8) gets its 6-bit options this way: an
+    interpolation, not a measurement."""
+    W = np.zeros((len(target), len(base)))
+    for r, w in enumerate(target):
+        if w in base:
+            W[r, base.index(w)] = 1.0
+            continue
+        k = int(np.searchsorted(base, w)) - 1
+        if k < 0 or k + 1 >= len(base):
+            raise SystemExit(f"width {w} is outside the measured widths {base}")
+        a, b = base[k], base[k + 1]
+        t = (1 - 4.0 ** -(w - a)) / (1 - 4.0 ** -(b - a))
+        W[r, k], W[r, k + 1] = 1 - t, t
+    return W
 
 
 def resample_g(base_space: OptionSpace, G: np.ndarray, space: OptionSpace, rng: np.random.Generator) -> np.ndarray:
     """G for `space` from a real one: every new layer copies a random base layer (diagonal blocks
     from it, cross blocks from the base pair, a random other pair when both copy the same one),
-    every block jittered by a lognormal factor (sigma 0.1)."""
+    every block jittered by a lognormal factor (sigma 0.1). Widths the base lacks are
+    interpolated (width_weights; cross blocks W G W', diagonals W diag)."""
     B0, B = len(base_space.candidates), len(space.candidates)
-    if B != B0:
-        raise SystemExit(f"cannot resample a G with {B0} widths onto {B}; use --widths {B0}")
+    W = width_weights(list(base_space.candidates), list(space.candidates))
     L0, L = base_space.n_layers, space.n_layers
     pick = rng.integers(L0, size=L)
     out = np.zeros((L * B, L * B))
@@ -124,7 +146,8 @@ def resample_g(base_space: OptionSpace, G: np.ndarray, space: OptionSpace, rng: 
             p, q = pick[l], pick[m]
             if l != m and p == q:
                 q = int(rng.choice(np.delete(np.arange(L0), p)))
-            block = G[p * B:(p + 1) * B, q * B:(q + 1) * B] * rng.lognormal(0.0, 0.1)
+            block = G[p * B0:(p + 1) * B0, q * B0:(q + 1) * B0] * rng.lognormal(0.0, 0.1)
+            block = np.diag(W @ np.diag(block)) if l == m else W @ block @ W.T
             out[l * B:(l + 1) * B, m * B:(m + 1) * B] = block
             out[m * B:(m + 1) * B, l * B:(l + 1) * B] = block.T
     return out
@@ -141,7 +164,7 @@ def make_instance(name: str, widths: int, seed: int, args) -> Tuple[str, OptionS
     else:
         what, _, b = name.partition("x")
         n_widths = int(b) if b else widths
-        candidates = base[0].candidates if base else WIDTHS[n_widths]
+        candidates = base[0].candidates if base and (not b or n_widths == len(base[0].candidates)) else WIDTHS[n_widths]
         if what in NUMEL:
             table = torchvision_numel(what) if args.torchvision else NUMEL[what]
             numel = table[1:-1]
@@ -149,7 +172,7 @@ def make_instance(name: str, widths: int, seed: int, args) -> Tuple[str, OptionS
             numel = list(rng.choice(NUMEL["resnet50"][1:-1], size=int(what)))
         space = OptionSpace([f"l{i}" for i in range(len(numel))], candidates, numel)
         G = resample_g(base[0], base[1], space, rng) if base else synthetic_g(space, rng)
-        label = f"{name} ({space.n_layers}x{len(space.candidates)}{', real G resampled' if base else ''})"
+        label = f"{name} ({space.n_layers}x{len(space.candidates)}{(', real G resampled' + (', widths interpolated' if len(candidates) != len(base[0].candidates) else '')) if base else ''})"
     low, high = space.min_bytes(), space.max_bytes()
     budget = int(low + args.budget_fraction * (high - low))
     return label, space, G, budget
@@ -186,6 +209,23 @@ def default_runs() -> List[str]:
     return runs
 
 
+def side_by_side(rows: List[Dict], runs: List[str]) -> None:
+    """One markdown line per instance, per run: true gap %, bound, seconds (the runs side by side)."""
+    print("\n| instance | binaries | best known | " + " | ".join(f"{r}: gap %, bound, s" for r in runs) + " |")
+    print("|---|---|---|" + "---|" * len(runs))
+    for label in dict.fromkeys(r["instance"] for r in rows):
+        mine = {r["run"]: r for r in rows if r["instance"] == label}
+        cells = []
+        for run in runs:
+            r = mine[run]
+            gap = "—" if r["gap"] is None else f"{100 * r['gap']:.3g}"
+            bound = "—" if r.get("bound") is None else f"{r['bound']:.6g}"
+            cells.append(f"{gap}, {bound}, {r['seconds']:.1f}{' (optimal)' if r['status'] == 'optimal' else ''}")
+        first = mine[runs[0]]
+        best = "—" if first["best_known"] is None else f"{first['best_known']:.6g}"
+        print(f"| {label} | {first['binaries']} | {best} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", default=DEFAULT_INSTANCES)
@@ -207,14 +247,16 @@ def main(argv=None) -> int:
         values = [r["objective"] for r in results if r["objective"] is not None]
         best = min(values) if values else None
         print(f"\n{label}: {space.n_options} binaries, budget {budget} B, best known {best:.6g}", flush=True)
-        print(f"  {'run':<28} {'objective':>12} {'worse %':>8} {'gap %':>9} {'status':<12} {'seconds':>8}")
+        print(f"  {'run':<34} {'objective':>12} {'worse %':>8} {'gap %':>9} {'bound':>12} {'status':<12} {'seconds':>8}")
         for r in results:
             obj = r["objective"]
             ratio = f"{100 * (obj - best) / abs(best):8.3g}" if obj is not None and best else " " * 8
             gap = f"{100 * r['gap']:9.3g}" if r["gap"] is not None else " " * 9
             objs = f"{obj:12.6g}" if obj is not None else " " * 12
-            print(f"  {r['run']:<28} {objs} {ratio} {gap} {r['status']:<12} {r['seconds']:8.2f}", flush=True)
+            bound = f"{r['bound']:12.6g}" if r.get("bound") is not None else " " * 12
+            print(f"  {r['run']:<34} {objs} {ratio} {gap} {bound} {r['status']:<12} {r['seconds']:8.2f}", flush=True)
             rows.append({"instance": label, "binaries": space.n_options, "budget": budget, "best_known": best, **r})
+    side_by_side(rows, runs)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -12,6 +12,10 @@ The bound reported is max(root bound, min(MIP bound, bound of the removed option
 is x'Qx itself (no shift, no clipping). That is formulation "root+pair+budget-rlt"; "pair" and
 "pair+budget-rlt" hand the whole program to HiGHS's MIP from the incumbent (measured faster
 on most instances: HiGHS's own root with cuts beats a separate interior-point root).
+"root-lazy+pair+budget-rlt" solves the root with the budget RLT rows separated lazily
+(_lazy_root; every round's bound is the full model's Lagrangian bound) and hands the MIP only
+the rows it separated; default_formulation picks it for programs whose linearization has
+LAZY_COLUMNS columns or more, where HiGHS's MIP does not finish its own root in 60 s.
 """
 from __future__ import annotations
 
@@ -86,21 +90,34 @@ def restrict(prog: OneHotProgram, keep: np.ndarray) -> Tuple[OneHotProgram, np.n
 
 
 FORMULATIONS = {
-    # name: (budget RLT rows, root LP and reduced-cost fixing before the MIP)
+    # name: (budget RLT rows, root LP and reduced-cost fixing before the MIP: False, "ipm" (all rows by interior
+    # point) or "lazy" (budget RLT rows separated by dual simplex; the MIP gets only the ones separated))
     "pair": (False, False),
     "pair+budget-rlt": (True, False),
-    "root+pair+budget-rlt": (True, True),
+    "root+pair+budget-rlt": (True, "ipm"),
+    "root-lazy+pair+budget-rlt": (True, "lazy"),
 }
 DEFAULT_FORMULATION = "pair+budget-rlt"  # measured fastest to a proof on most instances, docs/solvers.md
+LARGE_FORMULATION = "root-lazy+pair+budget-rlt"  # from LAZY_COLUMNS columns: HiGHS's MIP does not finish its
+LAZY_COLUMNS = 30_000  # root there in 60 s (100x3: bound -99 vs 6.9 from the lazy root; docs/solvers.md)
+
+
+def default_formulation(layer: np.ndarray) -> str:
+    """DEFAULT_FORMULATION, or LARGE_FORMULATION when the linearization of a program with these
+    option layers has LAZY_COLUMNS columns or more (x and y: n + (n^2 - sum of squared layer sizes) / 2)."""
+    n = len(layer)
+    columns = n + (n * n - int((np.bincount(np.asarray(layer)) ** 2).sum())) // 2
+    return LARGE_FORMULATION if columns >= LAZY_COLUMNS else DEFAULT_FORMULATION
 
 
 def _mip(prog: OneHotProgram, opts: Optional[np.ndarray], deadline: float, rel_gap: float, abs_gap: float, budget_rlt: bool,
-         mip_lp_solver: Optional[str]):
+         mip_lp_solver: Optional[str], rlt_options: Optional[np.ndarray] = None):
     """HiGHS's MIP of prog from the choice opts (None: no start): (best choice or None, its dual
-    bound, a note, whether it proved the program infeasible)."""
+    bound, a note, whether it proved the program infeasible). rlt_options: the options whose
+    budget RLT rows it gets (default all, with budget_rlt)."""
     import highspy
 
-    model = build(prog, budget_rlt=budget_rlt)
+    model = build(prog, budget_rlt=budget_rlt, rlt_options=rlt_options)
     if mip_lp_solver is None:
         mip_lp_solver = "ipm" if model.n_cols >= IPM_COLUMNS else "choose"
     t = time.perf_counter()
@@ -120,7 +137,9 @@ def _mip(prog: OneHotProgram, opts: Optional[np.ndarray], deadline: float, rel_g
     if sol.value_valid:
         x = np.asarray(sol.col_value)[: model.n_x]
         choice = np.array([prog.starts[l] + int(np.argmax(x[prog.starts[l]:prog.starts[l + 1]])) for l in range(prog.n_layers)])
-    note = (f"HiGHS MIP ({'pair linearization with one-hot and budget RLT rows' if budget_rlt else 'pair linearization with one-hot RLT rows'}: "
+    rows = "one-hot RLT rows" if not budget_rlt else "one-hot and budget RLT rows" if rlt_options is None else \
+        f"one-hot RLT rows and the budget RLT rows of {len(rlt_options)} options"
+    note = (f"HiGHS MIP (pair linearization with {rows}: "
             f"{model.A.shape[0]} rows x {model.n_cols} columns, {model.n_x} binaries, LPs by {mip_lp_solver}) {status} in {time.perf_counter() - t:.1f} s, "
             f"{int(info.mip_node_count)} nodes")
     return choice, bound, note, status == "infeasible"
@@ -160,24 +179,18 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
         bound = None if bound is None else min(bound, value)
         return ExactOutcome(opts, value, bound, None, bound is not None and value - bound <= tol(value), notes)
 
-    t0 = time.perf_counter()
-    model = build(prog, budget_rlt=budget_rlt)
-    h = _highs(model, integer=False, options={"solver": "ipm", "run_crossover": "off", "time_limit": max(remaining(), 0.01)})
-    h.run()
-    solution = h.getSolution()
-    root = None
-    if solution.dual_valid:
-        root, d = lagrangian_bound(model, np.asarray(solution.row_dual))
-    status = h.modelStatusToString(h.getModelStatus())
-    notes.append(f"root LP ({model.A.shape[0]} rows x {model.n_cols} columns, interior point) {status.lower()} in "
-                 f"{time.perf_counter() - t0:.1f} s" + (f", bound {root:.6g}" if root is not None else ", no bound"))
-    del h
+    if root_lp == "lazy":
+        root, d, rlt_options, root_notes = _lazy_root(prog, value, tol(value), deadline, seed=opts if LAZY_SEED else None)
+    else:
+        root, d, root_notes = _ipm_root(prog, budget_rlt, remaining())
+        rlt_options = None
+    notes += root_notes
     if root is None:
         return ExactOutcome(opts, value, None, None, False, notes)
     if value - root <= tol(value):
         return ExactOutcome(opts, value, min(root, value), root, True, notes)
     # reduced-cost fixing on the options
-    dx = d[: model.n_x]
+    dx = d[: len(prog.layer)]
     margin = 1e-9 * max(1.0, abs(value))
     out = root + dx > value + margin  # any choice with this option is worse than the incumbent
     forced = root - dx > value + margin  # any choice without it is worse
@@ -195,7 +208,9 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
     position = np.full(len(keep), -1)
     position[free] = np.arange(len(free))
     sub_opts = position[opts[np.isin(opts, free)]]
-    choice, sub_bound, note, _ = _mip(reduced, sub_opts, deadline, rel_gap, abs_gap, budget_rlt, mip_lp_solver)
+    sub_rlt = None if rlt_options is None else position[np.asarray(rlt_options, dtype=np.int64)]
+    sub_rlt = None if sub_rlt is None else sub_rlt[sub_rlt >= 0]
+    choice, sub_bound, note, _ = _mip(reduced, sub_opts, deadline, rel_gap, abs_gap, budget_rlt, mip_lp_solver, sub_rlt)
     notes.append(note)
     if choice is not None:
         cand = opts.copy()
@@ -205,3 +220,88 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
     bound = max(root, min(-np.inf if sub_bound is None else sub_bound, excluded_bound))
     bound = min(bound, value)  # equal to the solver's tolerance
     return ExactOutcome(opts, value, bound, root, value - bound <= tol(value), notes)
+
+
+def _ipm_root(prog: OneHotProgram, budget_rlt: bool, seconds: float):
+    """The root LP with every row, by interior point without crossover: (bound or None, reduced
+    costs, notes)."""
+    t0 = time.perf_counter()
+    model = build(prog, budget_rlt=budget_rlt)
+    h = _highs(model, integer=False, options={"solver": "ipm", "run_crossover": "off", "time_limit": max(seconds, 0.01)})
+    h.run()
+    solution = h.getSolution()
+    root, d = None, None
+    if solution.dual_valid:
+        root, d = lagrangian_bound(model, np.asarray(solution.row_dual))
+    status = h.modelStatusToString(h.getModelStatus())
+    return root, d, [f"root LP ({model.A.shape[0]} rows x {model.n_cols} columns, interior point) {status.lower()} in "
+                     f"{time.perf_counter() - t0:.1f} s" + (f", bound {root:.6g}" if root is not None else ", no bound")]
+
+
+LAZY_SEED = False  # the incumbent's budget RLT rows in the first round: measured slower (docs/solvers.md)
+LAZY_ROWS_PER_ROUND = 200  # the most violated budget RLT rows added per round
+
+
+def _lazy_root(prog: OneHotProgram, value: float, tol: float, deadline: float, solver: Optional[str] = None,
+               seed: Optional[np.ndarray] = None):
+    """The root LP with the budget RLT rows separated lazily: the LP with the one-hot RLT rows
+    only, then, round by round, the budget RLT rows the LP point violates are added and the LP
+    re-solved (dual simplex from the last basis), until none is violated, the bound reaches the
+    incumbent or time runs out. Every round's bound is the Lagrangian bound of the full model
+    (the left-out rows' multipliers 0), so it is valid whenever the round stopped. Returns
+    (best bound or None, its reduced costs, the options whose budget RLT rows were added, notes).
+    solver: of the first round (later rounds: dual simplex from its basis); default interior point
+    with crossover from IPM_COLUMNS columns, else simplex (measured, docs/solvers.md). seed: options
+    whose budget RLT rows are in the first round already (the incumbent's: the rows a choice near
+    it makes tight)."""
+    t0 = time.perf_counter()
+    full = build(prog, budget_rlt=True)
+    if solver is None:
+        solver = "ipm" if full.n_cols >= IPM_COLUMNS else "simplex"
+    A = full.A.tocsr()
+    lazy = full.budget_rlt_rows[full.budget_rlt_rows >= 0]
+    active = np.ones(A.shape[0], dtype=bool)
+    active[lazy] = False
+    if seed is not None:
+        seeded = full.budget_rlt_rows[:, np.asarray(seed)]
+        active[seeded[seeded >= 0]] = True
+    rows = np.nonzero(active)[0]
+    sub = LinearModel(c=full.c, offset=full.offset, A=A[rows], row_lower=full.row_lower[rows], row_upper=full.row_upper[rows],
+                      col_lower=full.col_lower, col_upper=full.col_upper, n_x=full.n_x, first=full.first, second=full.second,
+                      budget_rlt_rows=np.full_like(full.budget_rlt_rows, -1))
+    h = _highs(sub, integer=False, options={"solver": solver, "run_crossover": "on", "time_limit": max(deadline - time.perf_counter(), 0.01)})
+    order = list(rows)  # the full model's row of each row of h
+    best, best_d, rounds, status = None, None, 0, "not run"
+    while True:
+        # HiGHS counts its time limit over every run of the object
+        h.setOptionValue("time_limit", h.getRunTime() + max(deadline - time.perf_counter(), 0.01))
+        h.run()
+        rounds += 1
+        h.setOptionValue("solver", "simplex")
+        status = h.modelStatusToString(h.getModelStatus()).lower()
+        solution = h.getSolution()
+        if solution.dual_valid:
+            pi = np.zeros(A.shape[0])
+            pi[np.asarray(order)] = np.asarray(solution.row_dual)
+            bound, d = lagrangian_bound(full, pi)
+            if best is None or bound > best:
+                best, best_d = bound, d
+        if status != "optimal" or not solution.value_valid or (best is not None and value - best <= tol):
+            break
+        left = np.nonzero(~active)[0]
+        violation = A[left] @ np.asarray(solution.col_value) - full.row_upper[left]
+        bad = np.argsort(-violation)[: LAZY_ROWS_PER_ROUND]
+        new = left[bad[violation[bad] > 1e-7]]
+        if len(new) == 0 or time.perf_counter() >= deadline:
+            break
+        active[new] = True
+        order.extend(new)
+        block = A[new]
+        h.addRows(len(new), full.row_lower[new], full.row_upper[new], block.nnz, block.indptr[:-1].astype(np.int32),
+                  block.indices.astype(np.int32), block.data)
+    added = np.isin(full.budget_rlt_rows, np.nonzero(active)[0]) & (full.budget_rlt_rows >= 0)
+    options = np.nonzero(added.any(axis=0))[0]
+    note = (f"root LP with lazy budget RLT rows ({solver}, then dual simplex; {len(rows)} rows x {full.n_cols} columns, then {int(active.sum()) - len(rows)} "
+            f"more of {len(lazy)} budget RLT rows added in {rounds} rounds{'' if seed is None else ', the incumbent' + chr(39) + 's in the first'}) {status} in {time.perf_counter() - t0:.1f} s"
+            + (f", bound {best:.6g}" if best is not None else ", no bound"))
+    return best, best_d, options, [note]

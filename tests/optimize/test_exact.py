@@ -129,7 +129,7 @@ def test_shift_proves_the_true_optimum_not_the_shifted_one(solver):
     assert result.gap is None or result.gap <= 1e-6 or not result.optimal
 
 
-@pytest.mark.parametrize("formulation", ["pair", "pair+budget-rlt", "root+pair+budget-rlt"])
+@pytest.mark.parametrize("formulation", ["pair", "pair+budget-rlt", "root+pair+budget-rlt", "root-lazy+pair+budget-rlt"])
 def test_bounds_of_every_formulation_are_bounds_on_the_true_optimum(formulation):
     """Root and final bounds (HiGHS) never exceed the brute-force optimum, with every formulation,
     also when the solve is cut short."""
@@ -148,6 +148,36 @@ def test_bounds_of_every_formulation_are_bounds_on_the_true_optimum(formulation)
         if limit == 30:
             assert result.optimal and result.objective == pytest.approx(best, rel=1e-6)
             assert (result.root_bound is not None) == formulation.startswith("root")
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_lazy_budget_rlt_rows_give_the_optimum_and_root_bound_of_all_rows(seed):
+    """root-lazy+pair+budget-rlt (budget RLT rows separated at the root, the MIP with only those)
+    against the straightforward formulations: the same optimum (brute force), and its root bound
+    is the full root LP's (every budget RLT row) once no row is violated, never above it."""
+    if "HIGHS" not in INSTALLED:
+        pytest.skip("highs not installed")
+    from clado_cli.optimize.heuristic import OneHotProgram
+    from clado_cli.optimize.exact import _ipm_root, _lazy_root
+
+    space, G = clado_like(seed, 7)
+    budget = budget_at(space, 0.2)
+    _, best = brute_force(space, budget, lambda x: x @ G @ x)
+    values = {}
+    for formulation in ("pair+budget-rlt", "root+pair+budget-rlt", "root-lazy+pair+budget-rlt"):
+        result = solve_iqp(G, space, budget, psd="exact", solver="highs", time_limit=30, heuristic_seconds=0.01,
+                           formulation=formulation)
+        assert result.optimal and result.best_bound <= best + 1e-9 * abs(best)
+        values[formulation] = result.objective
+    assert values["root-lazy+pair+budget-rlt"] == pytest.approx(best, rel=1e-6)
+    assert len(set(np.round(list(values.values()), 9))) == 1
+    prog = OneHotProgram(G, space.option_layers(), np.outer(space.numel, space.candidates).ravel(), 8 * budget)
+    full, _, _ = _ipm_root(prog, True, 30.0)
+    import time
+    lazy, _, options, notes = _lazy_root(prog, np.inf, 0.0, time.perf_counter() + 30.0)
+    assert lazy <= best + 1e-9 * abs(best)
+    assert lazy == pytest.approx(full, rel=1e-6, abs=1e-9), notes
+    assert len(options) <= space.n_options
 
 
 def hard_instance(n_layers=40, seed=1):
