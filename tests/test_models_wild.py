@@ -22,7 +22,7 @@ from clado_cli.quant.layers import plan_layers
 from tests.conftest import small_overrides
 from tests.data.test_transforms import write_idx_split
 
-SMALL = {"data.bs": 8, "data.sb": 0, "data.eb": 0, "data.calibration_size": 32, "prep.hawq_max_iter": 5,
+SMALL = {"data.bs": 8, "data.sb": 0, "data.eb": 0, "data.calibration_size": 16, "prep.hawq_max_iter": 5,
          "quant.weight_candidates": [4, 8], "optimize.time_limit": 30.0}
 
 DIGITS_NET = """

@@ -24,7 +24,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("budgets")
     cfg = d / "small.yaml"
     cfg.write_text(f"""
-data: {{dataset: digits, bs: 16, sb: 0, eb: 0, calibration_size: 128}}
+data: {{dataset: digits, bs: 8, sb: 0, eb: 0, calibration_size: 64}}
 optimize: {{time_limit: 30}}
 cache_dir: {d / 'cache'}
 device: cpu
