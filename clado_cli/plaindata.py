@@ -4,7 +4,7 @@ overflow the stack nor slip a path with a NUL byte or an integer beyond 64 bits 
 from __future__ import annotations
 
 import json
-from typing import Any, Type
+from typing import Any, Tuple, Type
 
 from .errors import CladoError
 
@@ -57,3 +57,26 @@ def validate_schema(doc: Any, schema: dict, what: str, error: Type[CladoError]) 
         path = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise error(f"{what}: {path}: {exc.message}") from None
     return doc
+
+
+def read_text_file(path, where: str, max_bytes: int, error: Type[CladoError]) -> Tuple[str, bytes]:
+    """A data file's text (UTF-8, a BOM allowed) and its bytes, read at most `max_bytes`: one-line
+    errors prefixed with `where` for a file that cannot be read, is larger, is not UTF-8 or holds a
+    NUL character. The caller checks that the file exists (its own wording)."""
+    from pathlib import Path
+
+    try:
+        with Path(path).open("rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{where}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:
+        limit = f"{max_bytes // 2 ** 20} MiB" if max_bytes % 2 ** 20 == 0 else f"{max_bytes:,} bytes"
+        raise error(f"{where}: larger than {limit}; refused")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{where}: not a UTF-8 text file (invalid byte at {exc.start})") from None
+    if "\x00" in text:
+        raise error(f"{where}: holds a NUL character; not a text file")
+    return text, raw

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import InputError, UsageError
 from .optimize import OptionSpace
+from .plaindata import read_text_file
 
 COLUMNS = ("method", "layer", "numel", "bits", "value")
 PAIR_COLUMNS = ("layer_a", "bits_a", "layer_b", "bits_b", "value")
@@ -85,19 +86,7 @@ def read_table(path, columns: Sequence[str], what: str) -> Table:
     p = Path(path)
     if "\x00" in str(path) or not p.is_file():
         raise InputError(f"{what} not found: {str(path)!r}")
-    try:
-        size = p.stat().st_size
-        if size > MAX_BYTES:
-            raise InputError(f"{what} {p} is {size:,} bytes, more than the {MAX_BYTES:,} clado reads")
-        data = p.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{what} {p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if "\x00" in text:
-        raise InputError(f"{what} {p} holds a NUL character: not a CSV file")
+    text, data = read_text_file(p, f"{what} {p}", MAX_BYTES, InputError)
     if not text.strip():
         raise InputError(f"{what} {p} is empty")
     try:

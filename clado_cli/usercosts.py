@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError, UsageError
+from .plaindata import read_text_file
 
 MAX_BYTES = 64 * 2 ** 20
 MAX_ROWS = 1_000_000
@@ -102,20 +103,7 @@ def _some(items: Sequence[str], limit: int = 3) -> str:
 def _read_text(path: Path, where: str) -> str:
     if not path.is_file():
         raise InputError(f"{where}: file not found")
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_BYTES:
-        raise InputError(f"{where}: larger than {MAX_BYTES // 2 ** 20} MiB; refused")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{where}: not a UTF-8 text file (invalid byte at {exc.start})") from None
-    if "\x00" in text:
-        raise InputError(f"{where}: holds a NUL character; not a CSV text file")
-    return text
+    return read_text_file(path, where, MAX_BYTES, InputError)[0]
 
 
 def _int_field(v: str, col: str, where: str, line: int) -> int:

@@ -260,7 +260,7 @@ BAD = [
      r"holds no rows for method mpqco \(it holds: clado, hawq\)"),
     ("unknown-method", HAND + "naive,a,100,2,0.5\n", None, [], INPUT,
      r"method 'naive' is not a method with its own sensitivities"),
-    ("not-utf8", b"method,layer\xff\n", None, [], INPUT, r"is not UTF-8 text"),
+    ("not-utf8", b"method,layer\xff\n", None, [], INPUT, r"not a UTF-8 text file"),
     ("nul", "method,layer,numel,bits,value\x00\n", None, [], INPUT, r"holds a NUL character"),
     ("clado-without-pairs", HAND, None, ["-m", "clado"], USAGE, r"needs CLADO's pair terms: give --pairs"),
     ("pairs-for-linear-only", HAND, HAND_PAIRS, ["-m", "mpqco"], USAGE, r"--pairs holds CLADO's pair terms"),
@@ -307,12 +307,12 @@ def test_bad_files_are_one_error_line(case, tmp_path):
     assert re.search(message, lines[0]), lines[0]
 
 
-def test_a_file_beyond_the_size_limit_is_refused_before_it_is_read(hand, monkeypatch):
+def test_a_file_beyond_the_size_limit_is_refused_without_reading_it_whole(hand, monkeypatch):
     from clado_cli import sensfile
 
     monkeypatch.setattr(sensfile, "MAX_BYTES", 64)
     r = invoke("optimize", "--sensitivities", hand[0], "-m", "mpqco", "--avg-bits", "3", "-q")
-    assert r.exit_code == INPUT and "more than the 64 clado reads" in r.stderr
+    assert r.exit_code == INPUT and "larger than 64 bytes; refused" in r.stderr
 
 
 def test_any_text_is_read_or_refused_as_bad_input(tmp_path):
