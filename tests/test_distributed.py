@@ -19,7 +19,7 @@ runner = CliRunner()
 def _cfg(tmp_path, name, eb):
     p = tmp_path / f"{name}.yaml"
     p.write_text(f"""
-data: {{dataset: digits, bs: 16, sb: 0, eb: {eb}, calibration_size: 128}}
+data: {{dataset: digits, bs: 16, sb: 0, eb: {eb}, calibration_size: 64}}
 prep: {{hawq_max_iter: 10}}
 cache_dir: {tmp_path / name}
 device: cpu
@@ -58,7 +58,7 @@ def _single(cfg, method):
     assert res.exit_code == 0, res.stderr
 
 
-@pytest.mark.parametrize("eb,split", [(2, "batches"), (0, "within-batch")])
+@pytest.mark.parametrize("eb,split", [(1, "batches"), (0, "within-batch")])
 def test_torchrun_two_ranks_equal_single_process(tmp_path, eb, split):
     single, multi = _cfg(tmp_path, "single", eb), _cfg(tmp_path, "multi", eb)
     for method in ("clado", "mpqco"):

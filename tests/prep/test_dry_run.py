@@ -28,7 +28,8 @@ def test_dry_run_plan_is_positive_finite_and_scales_with_batches(small_cfg, meth
     from clado_cli.prep import PrepRun
     from clado_cli.session import Session
 
-    s = Session(small_cfg(**extra), log_fn=lambda *_: None)
+    # four decided layers keep the timed probes short (the estimators are the same at any size)
+    s = Session(small_cfg(**extra, **{"layers.include": ["layer1.*"]}), log_fn=lambda *_: None)
     two = PrepRun(s, method, 0, 1).plan()
     assert two["dry_run"] and two["to_compute"] == [0, 1] and two["already_cached"] == []
     per = two["estimated_seconds_per_batch"]
