@@ -25,10 +25,12 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clado_cli.optimize import OptionSpace, g_from_ltilde, solve_iqp  # noqa: E402
+from clado_cli.optimize import OptionSpace, solve_iqp  # noqa: E402
 from clado_cli.optimize.constraints import Constraints, CostRow, Reduction, size_row  # noqa: E402
 from clado_cli.optimize.heuristic import incumbent  # noqa: E402
+from solve_scale import g_from_singles  # noqa: E402  (bench/, the same construction)
 
 OPTIONS = [(2, 8), (4, 4), (4, 8), (8, 4), (8, 8)]
 
@@ -53,20 +55,13 @@ def layers_of(name: str) -> Tuple[List[int], List[int]]:
 
 
 def synthetic_g(space: OptionSpace, rng: np.random.Generator) -> np.ndarray:
-    L, B = space.n_layers, len(space.candidates)
+    L = space.n_layers
     w = np.array(space.candidates, dtype=float)
     a = np.array(space.act_bits, dtype=float)
     sens = rng.lognormal(-1.0, 1.0, size=L)
     d = sens[:, None] * (2.0 ** (-2.0 * (w - 2)) + 0.5 * 2.0 ** (-1.0 * (a - 4)))[None, :]
     d = (d + rng.normal(0.0, 2e-4, size=d.shape) * sens.mean()).ravel()
-    rho = rng.normal(0.0, 1.0, size=(L, L)) * (rng.random((L, L)) < 0.5)
-    rho = np.triu(rho, 1)
-    rho = rho + rho.T
-    R = np.kron(rho, np.ones((B, B))) * (1.0 + 0.2 * rng.normal(size=(L * B, L * B)))
-    R = (R + R.T) / 2.0
-    cross = R * np.sqrt(np.abs(np.outer(d, d)))
-    Lt = np.diag(d) + cross + (d[:, None] + d[None, :]) * (1 - np.eye(L * B))
-    return g_from_ltilde(Lt, space)
+    return g_from_singles(space, d, rng)
 
 
 def instance(model: str, f_size: float, f_act: float, seed: int):

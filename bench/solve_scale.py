@@ -83,11 +83,18 @@ def synthetic_g(space: OptionSpace, rng: np.random.Generator) -> np.ndarray:
     a_l, plus noise of 2e-4 a (so wide options come out slightly negative, as measured), and
     cross-layer terms rho_lm * sqrt(|d_i d_j|) with rho ~ N(0, 1) on half of the layer pairs
     (the measured 2-bit x 2-bit terms reach 3x the diagonal); indefinite."""
-    L, B = space.n_layers, len(space.candidates)
+    L = space.n_layers
     bits = np.array(space.candidates, dtype=float)
     a = rng.lognormal(-1.0, 1.0, size=L)
     d = a[:, None] * 2.0 ** (-2.5 * (bits - bits[0]))[None, :]
     d = (d + rng.normal(0.0, 2e-4, size=d.shape) * a.mean()).ravel()
+    return g_from_singles(space, d, rng)
+
+
+def g_from_singles(space: OptionSpace, d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """G from single-option deltas d (one per option) and cross-layer terms rho_lm sqrt(|d_i d_j|),
+    rho ~ N(0, 1) on half of the layer pairs, jittered 20% per option pair."""
+    L, B = space.n_layers, len(space.candidates)
     rho = rng.normal(0.0, 1.0, size=(L, L)) * (rng.random((L, L)) < 0.5)
     rho = np.triu(rho, 1)
     rho = rho + rho.T
