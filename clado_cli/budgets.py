@@ -223,6 +223,14 @@ def point_budget(point: Mapping[str, str], space: OptionSpace, cm: CostModel, ba
     return budget, Constraints(rows, allowed, base.ties)
 
 
+def budget_line(budget: Budget) -> str:
+    """How a resolved budget is echoed: `budget avg:4+bops=rel:0.3 = 49,664 bytes for the decided
+    layers; bops <= 4.0842e+07 BOPs`."""
+    parts = ([f"{budget.bytes:,} bytes for the decided layers"] if budget.bytes is not None else []) + \
+            [f"{x['name']} <= {x['bound']:.6g} {x['unit']}".rstrip() for x in budget.bounds]
+    return f"budget {budget.given} = {'; '.join(parts)}"
+
+
 def size_specs_of(size_budget: Optional[str], avg_bits: Optional[float], budgets: Optional[str]) -> Optional[List[str]]:
     """The size bounds as given: one of a size, an average width or a list/sweep (or none)."""
     given = [x for x in (size_budget, avg_bits, budgets) if x is not None]

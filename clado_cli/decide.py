@@ -100,12 +100,11 @@ def decide_alternatives(cache: Cache, methods: Sequence[str], budgets: Sequence[
     (docs/methods.md, "Refinement by measured loss"). Fewer when the budgets admit fewer choices."""
     chosen = [get_method(m) for m in methods]
     space = space_of(cache.manifest)
-    points = plan.points if plan is not None else [(b, None) for b in budgets]
-    for b, cons in points:
-        if b.bytes is not None:
-            check_budget(space, b.bytes)
-        if cons is not None:
-            Reduction(space, cons if b.bytes is None else cons.with_row(size_row(space, b.bytes, b.given))).check()
+    if plan is None:   # a plan's points were checked when it was made (plan_for_space)
+        points = [(b, None) for b in budgets]
+        check_points(space, points)
+    else:
+        points = plan.points
     opts = SolveOptions(psd=psd, solver=solver, time_limit=time_limit, threads=threads)
     out = []
     loaded: Dict[str, Any] = {}
@@ -149,6 +148,16 @@ def _choice_of(space, decision: Dict[str, Any]) -> List[int]:
         key = (v["w_bits"], v["a_bits"] if space.act_bits is not None else None)
         out.append(pairs.index(key))
     return out
+
+
+def check_points(space, points: Sequence[Tuple[Budget, Optional[Constraints]]]) -> None:
+    """Each budget point's bounds, each alone, within reach of the choices its ties and widths
+    admit: a one-line UsageError naming the first that is not, with its feasible range."""
+    for b, cons in points:
+        if b.bytes is not None:
+            check_budget(space, b.bytes)
+        if cons is not None:
+            Reduction(space, cons if b.bytes is None else cons.with_row(size_row(space, b.bytes, b.given))).check()
 
 
 @dataclass
@@ -240,10 +249,7 @@ def plan_for_space(space, layers_cfg, size_budget: Optional[str] = None, avg_bit
     if size_specs is None:
         size_specs = size_specs_of(size_budget, avg_bits, budgets)
     points = [point_budget(p, space, costs, base) for p in budget_points(size_specs, bounds)]
-    for b, cons in points:  # each bound alone within reach of the admitted choices, before any log or solve
-        if b.bytes is not None:
-            check_budget(space, b.bytes)
-        Reduction(space, cons if b.bytes is None else cons.with_row(size_row(space, b.bytes, b.given))).check()
+    check_points(space, points)   # before any log or solve
     restricted = {names[l]: a for l, a in enumerate(allowed) if a != sorted(set(space.candidates))}
     return Plan(points, costs, [[names[l] for l in g] for g in ties], restricted, files, shas)
 

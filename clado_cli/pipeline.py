@@ -9,12 +9,11 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .console import log, warn
 from .errors import EnvironmentProblem, UsageError
-from .optimize import check_budget
 
 
 def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None,
                  methods: Optional[Sequence[str]] = None, uniform: Optional[Sequence[int]] = None,
-                 export_dir: Optional[Path] = None, x: str = "size", refine: Optional[int] = None) -> Dict[str, Any]:
+                 export_dir: Optional[Path] = None, x: str = "size") -> Dict[str, Any]:
     from .decide import decide_alternatives, resolve_plan
     from .refine import refine as refine_decisions, summary as refine_summary
     from .decisions import decision_file_name, write_decisions
@@ -22,7 +21,7 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     from .jsonio import write_json
     from .measure import measure_decisions
     from .stats import paired_comparisons
-    from .methods import get_method, space_of
+    from .methods import get_method
     from .plots import pareto_plot
     from .prep import run_prep
 
@@ -37,21 +36,18 @@ def run_pipeline(session, out_dir: Path, budgets: Optional[Sequence[str]] = None
     budget_specs = list(budgets or cfg.optimize.budgets)
     if not budget_specs and not cfg.optimize.bounds:
         raise UsageError("no budgets: set optimize.budgets (or optimize.bounds) in the config or pass budgets", params=("budgets",))
-    space = space_of(session.manifest)
+    # every bound is checked here, before any prep (decide.check_points)
     plan = resolve_plan(session.cache, cfg.layers, config_budgets=cfg.optimize.bounds, config_costs=cfg.optimize.costs,
                         shared_inputs=lambda: _shared_inputs(session), size_specs=budget_specs or None,
                         macs=session.layer_macs, act_elements=session.layer_act_elements)
     resolved = [b for b, _ in plan.points]
-    for b in resolved:
-        if b.bytes is not None:
-            check_budget(space, b.bytes)  # an infeasible budget fails before any prep
     preps = {}
     for source in dict.fromkeys(get_method(m).source for m in methods):
         log(f"prep {source}: batches {cfg.data.sb}..{cfg.data.eb}")
         preps[source] = run_prep(session, source, cfg.data.sb, cfg.data.eb)
     ks = list(range(cfg.data.sb, cfg.data.eb + 1))
     log(f"optimize {', '.join(methods)} for {len(resolved)} budget(s)")
-    k_best = cfg.optimize.refine if refine is None else refine
+    k_best = cfg.optimize.refine
     groups = decide_alternatives(session.cache, methods, resolved, cfg.optimize.psd, cfg.optimize.solver,
                                  cfg.optimize.time_limit, ks=ks, config=cfg.to_dict(), threads=cfg.threads, plan=plan,
                                  k_best=k_best)

@@ -107,6 +107,7 @@ def load(config: Optional[Path], quiet: bool = False, **flags: Any):
         "weights": "model.weights", "data": "data.dataset", "bs": "data.bs", "seed": "data.seed",
         "sb": "data.sb", "eb": "data.eb", "engine": "prep.engine", "loss": "prep.loss",
         "psd": "optimize.psd", "solver": "optimize.solver", "time_limit": "optimize.time_limit",
+        "refine": "optimize.refine",
         "hawq_estimator": "prep.hawq_estimator", "stack": "prep.stack",
         "normalize": "data.transform.normalize", "input_size": "data.transform.input_size",
     }

@@ -46,6 +46,7 @@ def optimize(config: Optional[Path] = ConfigOpt,
 
     Example: clado optimize --sensitivities sens.csv --pairs pairs.csv --method clado --avg-bits 4 -o d.json
     """
+    from ..budgets import budget_line
     from ..decide import batch_list, config_for_cache, decide_alternatives, methods_to_solve, open_cache, resolve_plan
     from ..errors import UsageError
     from ..methods import space_of
@@ -80,9 +81,7 @@ def optimize(config: Optional[Path] = ConfigOpt,
     if output is not None and len(methods) * len(resolved) > 1:
         raise UsageError("--output takes one method and one budget; use --out-dir for several")
     for b in resolved:
-        parts = ([f"{b.bytes:,} bytes for the decided layers"] if b.bytes is not None else []) + \
-                [f"{x['name']} <= {x['bound']:.6g} {x['unit']}".rstrip() for x in b.bounds]
-        log(f"budget {b.given} = {'; '.join(parts)}")
+        log(budget_line(b))
     groups = decide_alternatives(c, methods, resolved, cfg.optimize.psd, cfg.optimize.solver, cfg.optimize.time_limit,
                                  ks=ks, config=config_for_cache(cfg.to_dict(), c), threads=cfg.threads, plan=plan,
                                  k_best=refine)

@@ -12,6 +12,7 @@ def optimize_from_file(cfg, sensitivities: Path, pairs: Optional[Path], wanted: 
     """(decisions, option space) for each wanted method (None: every one the files serve) and
     budget point (size, user costs from --cost tables, per-layer widths and ties from the config's
     layers.tie and layers.widths; BOPs and shared-input ties need the model's forward pass)."""
+    from ..budgets import budget_line
     from ..decide import plan_for_space
     from ..decide_file import decide_from_files, file_methods
     from ..errors import UsageError
@@ -35,9 +36,7 @@ def optimize_from_file(cfg, sensitivities: Path, pairs: Optional[Path], wanted: 
         if output is not None and len(methods) * len(plan.points) > 1:
             raise UsageError("--output takes one method and one budget; use --out-dir for several")
         for b, _ in plan.points:
-            parts = ([f"{b.bytes:,} bytes for the decided layers"] if b.bytes is not None else []) + \
-                    [f"{x['name']} <= {x['bound']:.6g} {x['unit']}".rstrip() for x in b.bounds]
-            log(f"budget {b.given} = {'; '.join(parts)}")
+            log(budget_line(b))
         return plan
 
     return decide_from_files(sensitivities, pairs, methods, budgets_of, opts, cfg.quant.activation_bits)

@@ -36,15 +36,13 @@ def run(config: Optional[Path] = ConfigOpt,
 
     cfg = load(config, quiet, sb=sb, eb=eb, model=model, weights=weights, data=data, device=device,
                normalize=normalize, input_size=input_size,
-               threads=threads, cache_dir=cache_dir)
-    if refine is not None and not 1 <= refine <= 50:
-        raise UsageError(f"--refine {refine}: give 1..50 (1: the program's optimum, no refinement)", params=("refine",))
+               threads=threads, cache_dir=cache_dir, refine=refine)
     budget_list = (bound_list("size", budgets) if budgets.strip().lower().startswith("rel:") else parse_budget_list(budgets)) if budgets else None
     if x not in ("size", "bops") and x not in cfg.optimize.costs:
         raise UsageError(f"--x {x!r}: not a cost here; one of size, bops{''.join(', ' + n for n in cfg.optimize.costs)}",
                          params=("x",))
     method_list = [m.strip() for m in methods.split(",")] if methods else None
-    res = run_pipeline(session_for(cfg), out_dir, budget_list, method_list, export_dir=export_dir, x=x, refine=refine)
+    res = run_pipeline(session_for(cfg), out_dir, budget_list, method_list, export_dir=export_dir, x=x)
     if as_json:
         print_json(res)
         return
