@@ -40,6 +40,23 @@ def threads() -> Optional[int]:
     return _THREADS.get()
 
 
+_HIGHS_POOL = [0]  # the thread count HiGHS's pool was last sized for (0: its default)
+
+
+def highs_pool() -> None:
+    """Size HiGHS's thread pool for threads() before a run. HiGHS keeps one pool per process, sized
+    by its first run; a later run asking for another count fails (model status "not set") unless
+    the pool is reset."""
+    wanted = threads() or 0
+    if wanted != _HIGHS_POOL[0]:
+        try:
+            import highspy
+        except ImportError:  # HiGHS not installed: nothing to size
+            return
+        highspy.Highs.resetGlobalScheduler(True)
+        _HIGHS_POOL[0] = wanted
+
+
 @dataclass
 class _Model:
     """A CVXPY problem ready to solve, with its one-hot variable and a line describing it."""
@@ -137,6 +154,7 @@ class _Highs(_Backend):
 
     def options(self, time_limit, rel_gap=REL_GAP, abs_gap=ABS_GAP):
         opts = {"time_limit": float(time_limit), "mip_rel_gap": rel_gap, "mip_abs_gap": abs_gap}
+        highs_pool()  # called right before CVXPY's solve
         return {**opts, "threads": threads()} if threads() else opts
 
     def outcome(self, problem):

@@ -2,20 +2,22 @@
 
 1. The root: the LP relaxation of the linearization (linearize.py, with the budget RLT rows),
    solved by interior point without crossover. Its bound is computed from the row multipliers
-   as a Lagrangian bound (valid for any multipliers, so an inexact or interrupted solve still
-   gives a true bound).
-2. Reduced-cost fixing: an option whose reduced cost d_i lifts the bound above the incumbent
-   (bound + d_i > incumbent) cannot be in a better choice, so it is removed; layers left with one
-   option are folded into the constants.
+   as a Lagrangian bound (valid for any multipliers, so an inexact solve still gives a true
+   bound; an interrupted interior point returns none).
+2. Reduced-cost fixing by probing (probe_fixing): an option is removed when every choice that
+   uses it is worse than the incumbent by the reduced costs of the option, of the other options
+   of its layer and of its pairs with every other layer; rounds repeat with the removed options'
+   columns at 0. Layers left with one option are folded into the constants. On the measured
+   instances this removes about half of the options (the options' own reduced costs alone removed
+   almost none).
 3. The MIP of what is left, by HiGHS, started from the incumbent, until the time limit.
 The bound reported is max(root bound, min(MIP bound, bound of the removed options)); every value
-is x'Qx itself (no shift, no clipping). That is formulation "root+pair+budget-rlt"; "pair" and
-"pair+budget-rlt" hand the whole program to HiGHS's MIP from the incumbent (measured faster
-on most instances: HiGHS's own root with cuts beats a separate interior-point root).
+is x'Qx itself (no shift, no clipping). That is formulation "root+pair+budget-rlt", the default
+(measured fastest to a proof on every measured-G instance from 12x3 to 100x3, docs/solvers.md).
+"pair" and "pair+budget-rlt" hand the whole program to HiGHS's MIP from the incumbent.
 "root-lazy+pair+budget-rlt" solves the root with the budget RLT rows separated lazily
 (_lazy_root; every round's bound is the full model's Lagrangian bound) and hands the MIP only
-the rows it separated; default_formulation picks it for programs whose linearization has
-LAZY_COLUMNS columns or more, where HiGHS's MIP does not finish its own root in 60 s.
+the rows it separated.
 """
 from __future__ import annotations
 
@@ -63,11 +65,13 @@ def _highs(model: LinearModel, integer: bool, options: dict):
     if integer:
         lp.integrality_ = [highspy.HighsVarType.kInteger] * model.n_x + [highspy.HighsVarType.kContinuous] * (model.n_cols - model.n_x)
     h.passModel(lp)
-    from .backends import threads
+    from .backends import highs_pool, threads
 
+    highs_pool()
     for key, value in {**options, **({"threads": threads()} if threads() else {})}.items():
         h.setOptionValue(key, value)
     return h
+
 
 
 def restrict(prog: OneHotProgram, keep: np.ndarray) -> Tuple[OneHotProgram, np.ndarray, np.ndarray]:
@@ -97,17 +101,7 @@ FORMULATIONS = {
     "root+pair+budget-rlt": (True, "ipm"),
     "root-lazy+pair+budget-rlt": (True, "lazy"),
 }
-DEFAULT_FORMULATION = "pair+budget-rlt"  # measured fastest to a proof on most instances, docs/solvers.md
-LARGE_FORMULATION = "root-lazy+pair+budget-rlt"  # from LAZY_COLUMNS columns: HiGHS's MIP does not finish its
-LAZY_COLUMNS = 30_000  # root there in 60 s (100x3: bound -99 vs 6.9 from the lazy root; docs/solvers.md)
-
-
-def default_formulation(layer: np.ndarray) -> str:
-    """DEFAULT_FORMULATION, or LARGE_FORMULATION when the linearization of a program with these
-    option layers has LAZY_COLUMNS columns or more (x and y: n + (n^2 - sum of squared layer sizes) / 2)."""
-    n = len(layer)
-    columns = n + (n * n - int((np.bincount(np.asarray(layer)) ** 2).sum())) // 2
-    return LARGE_FORMULATION if columns >= LAZY_COLUMNS else DEFAULT_FORMULATION
+DEFAULT_FORMULATION = "root+pair+budget-rlt"  # measured fastest to a proof, docs/solvers.md
 
 
 def _mip(prog: OneHotProgram, opts: Optional[np.ndarray], deadline: float, rel_gap: float, abs_gap: float, budget_rlt: bool,
@@ -189,19 +183,10 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
         return ExactOutcome(opts, value, None, None, False, notes)
     if value - root <= tol(value):
         return ExactOutcome(opts, value, min(root, value), root, True, notes)
-    # reduced-cost fixing on the options
-    dx = d[: len(prog.layer)]
-    margin = 1e-9 * max(1.0, abs(value))
-    out = root + dx > value + margin  # any choice with this option is worse than the incumbent
-    forced = root - dx > value + margin  # any choice without it is worse
-    keep = ~out
-    for i in np.nonzero(forced)[0]:
-        keep[prog.layer == prog.layer[i]] = False
-        keep[i] = True
-    keep[opts] = True  # numerically safe: the incumbent itself always stays
-    excluded_bound = float(np.min(root + dx[~keep])) if (~keep).any() else np.inf
+    keep, excluded_bound, rounds = probe_fixing(prog, d, root, value, opts)
     reduced, free, fixed = restrict(prog, keep)
-    notes.append(f"reduced-cost fixing kept {keep.sum()} of {len(keep)} options ({reduced.n_layers} of {prog.n_layers} layers still open)")
+    notes.append(f"reduced-cost fixing (probing each option's pairs, {rounds} rounds) kept {keep.sum()} of {len(keep)} options "
+                 f"({reduced.n_layers} of {prog.n_layers} layers still open)")
     if reduced.n_layers == 0 or remaining() <= 0:
         bound = root if reduced.n_layers else max(root, min(value, excluded_bound))
         return ExactOutcome(opts, value, min(bound, value), root, value - bound <= tol(value), notes)
@@ -220,6 +205,71 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
     bound = max(root, min(-np.inf if sub_bound is None else sub_bound, excluded_bound))
     bound = min(bound, value)  # equal to the solver's tolerance
     return ExactOutcome(opts, value, bound, root, value - bound <= tol(value), notes)
+
+
+def probe_fixing(prog: OneHotProgram, d: np.ndarray, root: float, value: float, incumbent: np.ndarray):
+    """Reduced-cost fixing by probing: the options no choice better than the incumbent can use.
+
+    d: reduced costs of the linearization's columns (x, then y in linearize.build's pair order)
+    with Lagrangian bound `root` = rows + Σ min(0, d_v) (every column at its cheaper bound). Setting
+    column v to 1 costs max(d_v, 0) over that bound, to 0 max(-d_v, 0); columns enter the bound
+    separately, so the costs of any set of settings add up. Choosing option i sets x_i = 1, the other
+    options of its layer and all their pairs to 0, and for every other layer m exactly one pair y_ij
+    (j in m) to 1 and the rest of i's pairs with m to 0: probe(i) = root + those costs, with the
+    cheapest j per layer. Options with probe(i) above the incumbent are removed; then, round by
+    round, the removed options' columns are set to 0 in the baseline and left out of the cheapest
+    j, which can remove more. Every choice that uses a removed option is worth at least the probe of
+    the first one removed among its options (that round's probe only assumed options removed
+    earlier are unused), so the least probe of the removed options bounds all of them.
+    Returns (keep mask, bound of the removed options (inf if none), rounds)."""
+    n = len(prog.layer)
+    layer, L = prog.layer, prog.n_layers
+    first, second = np.triu_indices(n, 1)
+    across = layer[first] != layer[second]
+    first, second = first[across], second[across]
+    dx = d[:n]
+    dy = np.zeros((n, n))
+    dy[first, second] = d[n:]
+    dy[second, first] = d[n:]
+    one_x, zero_x = np.maximum(dx, 0.0), np.maximum(-dx, 0.0)
+    one_y, zero_y = np.maximum(dy, 0.0), np.maximum(-dy, 0.0)
+    same = layer[:, None] == layer[None, :]
+    one_y[same] = 0.0
+    zero_y[same] = 0.0
+    margin = 1e-9 * max(1.0, abs(value))
+    keep = np.ones(n, dtype=bool)
+    keep_bound = np.inf
+    rounds = 0
+    members = [prog.options_of(m) for m in range(L)]
+    while True:
+        rounds += 1
+        dead = ~keep
+        # baseline: removed options (and all their pairs) at 0
+        pair_dead = dead[:, None] | dead[None, :]
+        base = root + zero_x[dead].sum() + (zero_y * np.triu(pair_dead & ~same, 1)).sum()
+        zero_row = zero_y * ~dead[None, :]  # pairs of i with live options; dead ones are already at 0 in base
+        probe = base + one_x
+        for m in range(L):
+            cols = members[m]
+            live = cols[keep[cols]]
+            # for each option i: min over live j in m of one_y[i, j] + sum of the other live j' of zero_y[i, j']
+            block_zero = zero_row[:, live].sum(axis=1)
+            best = (one_y[:, live] - zero_row[:, live]).min(axis=1) + block_zero
+            other = layer != m
+            probe[other] += best[other]
+        # the other options of i's layer at 0, with their pairs to live options outside the layer
+        other_cost = zero_x * keep + (zero_y * ~dead[None, :] * ~same).sum(axis=1) * keep
+        layer_sum = np.bincount(layer, weights=other_cost, minlength=L)
+        probe += layer_sum[layer] - other_cost
+        # pairs between two other options of i's layer and... (not in one layer: none); pairs of the
+        # other options of i's layer with each other are within the layer (no column)
+        out = keep & (probe > value + margin)
+        out[np.asarray(incumbent)] = False  # numerically safe: the incumbent itself always stays
+        if not out.any():
+            break
+        keep_bound = min(keep_bound, float(probe[out].min()))
+        keep &= ~out
+    return keep, keep_bound, rounds
 
 
 def _ipm_root(prog: OneHotProgram, budget_rlt: bool, seconds: float):

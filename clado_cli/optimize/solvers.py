@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import SolverError, UsageError
-from .exact import FORMULATIONS, default_formulation
+from .exact import DEFAULT_FORMULATION, FORMULATIONS
 from .exact import solve as solve_exact_highs
 from .backends import (ABS_GAP, ABS_SCALE, AUTO_ORDER, EXACT_AUTO_ORDER, PSD_TREATMENTS, REL_GAP, SOLVERS,  # noqa: F401
                        _Backend, _backends_for, _checked_time_limit, _Model, _NoSolution, _solver_output_to_stderr,
@@ -258,7 +258,7 @@ def solve_iqp(
     whose argmin over one-hot x is that of G; psd="clip" minimizes x'Cx with C = G with negative
     eigenvalues clipped (the release; changes the problem). heuristic_seconds: time for the
     incumbent of exact (default min(1 s, 10% of time_limit)). formulation (exact, highs and
-    scip): one of exact.FORMULATIONS, default exact.default_formulation (by the program's size).
+    scip): one of exact.FORMULATIONS, default exact.DEFAULT_FORMULATION.
     """
     n = space.n_options
     G = finite_array(G, (n, n), "G")
@@ -268,7 +268,7 @@ def solve_iqp(
     time_limit = _checked_time_limit(time_limit)
     red = _constraints(space, budget_bytes, constraints)
     if psd == "exact":
-        formulation = formulation or default_formulation(red.program(G).layer)
+        formulation = formulation or DEFAULT_FORMULATION
         if formulation not in FORMULATIONS:
             raise UsageError(f"unknown formulation {formulation!r}; choose one of: {', '.join(FORMULATIONS)}")
         result = _solve_exact(G, red, solver, time_limit, heuristic_seconds, formulation)

@@ -282,3 +282,19 @@ def test_solver_threads_reach_every_backend_and_highs_itself():
     with solver_threads(1):
         r = solve_iqp(G, space, int(space.max_bytes()), psd="exact", solver="highs", time_limit=10)
     assert r.optimal
+
+
+def test_highs_runs_with_another_thread_count_after_a_first_run():
+    """HiGHS sizes one thread pool per process at its first run; a later run with the config's
+    `threads` (or back to the default) must still solve, not end with status "not set"."""
+    from clado_cli.optimize import solver_threads
+
+    space, G = random_problem(3, 4)[:2]
+    budget = int(0.6 * space.max_bytes())
+    for n in (None, 1, None, 2):
+        if n is None:
+            r = solve_iqp(G, space, budget, psd="exact", solver="highs", time_limit=10)
+        else:
+            with solver_threads(n):
+                r = solve_iqp(G, space, budget, psd="exact", solver="highs", time_limit=10)
+        assert r.optimal, (n, r.solver_note)
