@@ -134,6 +134,17 @@ class Reduction:
     def rows(self) -> List[CostRow]:
         return self.constraints.rows
 
+    def restricted(self, keep: np.ndarray) -> "Reduction":
+        """The same with the program's options outside `keep` (bool per option of the program)
+        removed, through the space options each stands for (its group's layers at its width)."""
+        B = len(self.space.candidates)
+        allowed = np.ones(self.space.n_options, bool) if self.constraints.allowed is None \
+            else np.asarray(self.constraints.allowed, bool).copy()
+        for o in np.nonzero(~np.asarray(keep, bool))[0]:
+            for l in self.groups[self.layer[o]]:
+                allowed[l * B + self.cand[o]] = False
+        return Reduction(self.space, Constraints(self.constraints.rows, allowed, self.constraints.ties))
+
     def reduce_matrix(self, Q: np.ndarray) -> np.ndarray:
         """P'QP (Q symmetrized)."""
         Q = (np.asarray(Q, dtype=float) + np.asarray(Q, dtype=float).T) / 2.0

@@ -173,23 +173,14 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
         bound = None if bound is None else min(bound, value)
         return ExactOutcome(opts, value, bound, None, bound is not None and value - bound <= tol(value), notes)
 
-    if root_lp == "lazy":
-        root, d, rlt_options, root_notes = _lazy_root(prog, value, tol(value), deadline, seed=opts if LAZY_SEED else None)
-    else:
-        root, d, root_notes = _ipm_root(prog, budget_rlt, remaining())
-        rlt_options = None
-    notes += root_notes
-    if root is None:
-        return ExactOutcome(opts, value, None, None, False, notes)
-    if value - root <= tol(value):
-        return ExactOutcome(opts, value, min(root, value), root, True, notes)
-    keep, excluded_bound, rounds = probe_fixing(prog, d, root, value, opts)
+    pre = root_fixing(prog, opts, deadline, tol(value), formulation)
+    notes += pre.notes
+    if pre.root is None or pre.proven:
+        return ExactOutcome(opts, value, pre.bound, pre.root, pre.proven, notes)
+    root, keep, excluded_bound, rlt_options = pre.root, pre.keep, pre.excluded_bound, pre.rlt_options
     reduced, free, fixed = restrict(prog, keep)
-    notes.append(f"reduced-cost fixing (probing each option's pairs, {rounds} rounds) kept {keep.sum()} of {len(keep)} options "
-                 f"({reduced.n_layers} of {prog.n_layers} layers still open)")
     if reduced.n_layers == 0 or remaining() <= 0:
-        bound = root if reduced.n_layers else max(root, min(value, excluded_bound))
-        return ExactOutcome(opts, value, min(bound, value), root, value - bound <= tol(value), notes)
+        return ExactOutcome(opts, value, pre.bound, root, False, notes)
     position = np.full(len(keep), -1)
     position[free] = np.arange(len(free))
     sub_opts = position[opts[np.isin(opts, free)]]
@@ -205,6 +196,46 @@ def solve(prog: OneHotProgram, incumbent: np.ndarray, deadline: float, rel_gap: 
     bound = max(root, min(-np.inf if sub_bound is None else sub_bound, excluded_bound))
     bound = min(bound, value)  # equal to the solver's tolerance
     return ExactOutcome(opts, value, bound, root, value - bound <= tol(value), notes)
+
+
+@dataclass
+class RootFixing:
+    """The root LP's bound and the options probing left (root_fixing)."""
+
+    root: Optional[float]  # None: the root LP did not finish
+    keep: Optional[np.ndarray]  # bool per option: may be in a choice better than the incumbent
+    excluded_bound: float  # every choice using a removed option is worth at least this
+    rlt_options: Optional[np.ndarray]  # options whose budget RLT rows the MIP should get (None: all)
+    notes: List[str]
+    bound: Optional[float] = None  # what this much proves: the root, or min(incumbent, removed) when no layer is open
+    proven: bool = False  # the incumbent is optimal already
+
+
+def root_fixing(prog: OneHotProgram, opts: np.ndarray, deadline: float, tol: float,
+                formulation: str = DEFAULT_FORMULATION) -> RootFixing:
+    """Steps 1 and 2 of the module text for a root formulation: the root LP (all rows by interior
+    point, or lazily), then reduced-cost fixing by probing against the incumbent opts. Any MIP
+    solver can finish the job on restrict(prog, keep): HiGHS here, SCIP or Gurobi in solvers.py."""
+    budget_rlt, root_lp = FORMULATIONS[formulation]
+    value = prog.value(opts)
+    if root_lp == "lazy":
+        root, d, rlt_options, notes = _lazy_root(prog, value, tol, deadline, seed=opts if LAZY_SEED else None)
+    else:
+        root, d, notes = _ipm_root(prog, budget_rlt, deadline - time.perf_counter())
+        rlt_options = None
+    if root is None:
+        return RootFixing(None, None, np.inf, rlt_options, notes)
+    if value - root <= tol:
+        return RootFixing(root, np.ones(len(prog.layer), bool), np.inf, rlt_options, notes, min(root, value), True)
+    keep, excluded_bound, rounds = probe_fixing(prog, d, root, value, opts)
+    open_layers = int((np.bincount(prog.layer[keep], minlength=prog.n_layers) > 1).sum())
+    notes = notes + [f"reduced-cost fixing (probing each option's pairs, {rounds} rounds) kept {keep.sum()} of {len(keep)} "
+                     f"options ({open_layers} of {prog.n_layers} layers still open)"]
+    bound, proven = root, False
+    if open_layers == 0:  # only the incumbent is left
+        bound = max(root, min(value, excluded_bound))
+        proven = value - bound <= tol
+    return RootFixing(root, keep, excluded_bound, rlt_options, notes, min(bound, value), proven)
 
 
 def probe_fixing(prog: OneHotProgram, d: np.ndarray, root: float, value: float, incumbent: np.ndarray):

@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import SolverError, UsageError
-from .exact import DEFAULT_FORMULATION, FORMULATIONS
+from .exact import DEFAULT_FORMULATION, FORMULATIONS, root_fixing
 from .exact import solve as solve_exact_highs
 from .backends import (ABS_GAP, ABS_SCALE, AUTO_ORDER, EXACT_AUTO_ORDER, PSD_TREATMENTS, REL_GAP, SOLVERS,  # noqa: F401
                        _Backend, _backends_for, _checked_time_limit, _Model, _NoSolution, _solver_output_to_stderr,
@@ -377,37 +377,62 @@ def _solve_exact(G: np.ndarray, red: Reduction, solver: str, time_limit: float,
             status = "time_limit" if time.perf_counter() >= deadline - 0.01 else "not_proven"
             return result(out.opts, out.bound, out.root_bound, proven, status, "highs",
                           f"{why}; formulation {formulation}; {inc_note}; " + "; ".join(out.notes))
+        # a root formulation: HiGHS's root LP and probing first (when highspy is there), then this
+        # solver on the options left (exact.root_fixing; measured, docs/solvers.md)
+        sub, pre, pre_note = red, None, ""
+        if FORMULATIONS[formulation][1] and opts is not None and remaining > 0 and _has_highspy():
+            with _solver_output_to_stderr():
+                pre = root_fixing(prog, opts, deadline, max(abs_tol, REL_GAP * abs(inc_value)), formulation)
+            pre_note = f"; HiGHS first: {'; '.join(pre.notes)}"
+            if pre.proven:
+                return result(opts, pre.bound, pre.root, True, "optimal", backend.name,
+                              f"{why}; formulation {formulation}; {inc_note}{pre_note}; the incumbent is optimal")
+            if pre.root is not None:
+                sub = red.restricted(pre.keep)
+            remaining = deadline - time.perf_counter()
+        pre_bound = pre.bound if pre is not None else None
         if remaining <= 0:
-            return result(opts, None, None, False, "time_limit", backend.name,
-                          f"{why}; {inc_note}; the time limit was spent before {backend.name} could start; the incumbent is the answer")
+            return result(opts, pre_bound, None if pre_bound is None else pre.root, False, "time_limit", backend.name,
+                          f"{why}; {inc_note}{pre_note}; the time limit was spent before {backend.name} could start; the incumbent is the answer")
         lam = shift_lambda(G) if backend.name == "gurobi" else 0.0
-        model_of = _exact_cvxpy_model(G, red, prog, opts, lam, FORMULATIONS[formulation][0])
+        sub_opts = None if opts is None else sub.opts_of(red.choice(opts))
+        model_of = _exact_cvxpy_model(G, sub, sub.program(G), sub_opts, lam, FORMULATIONS[formulation][0])
         try:
-            r = _solve(red, backend.name, remaining, model_of, lambda x: float(x @ G @ x),
+            r = _solve(sub, backend.name, remaining, model_of, lambda x: float(x @ G @ x),
                        gaps=(0.0, max(abs_tol, REL_GAP * abs(inc_value or 0.0))), order=EXACT_AUTO_ORDER,
                        backends=([backend], []))
         except _NoSolution as exc:
-            return result(opts, None, None, False, "time_limit", backend.name,
-                          f"{why}; {inc_note}; {exc}; the incumbent is the answer")
+            return result(opts, pre_bound, None if pre_bound is None else pre.root, False, "time_limit", backend.name,
+                          f"{why}; {inc_note}{pre_note}; {exc}; the incumbent is the answer")
         except SolverError as exc:
             if explicit:
                 raise
             notes.append(str(exc).split("; try another solver")[0])
             continue
         bound = None if r.best_bound is None else r.best_bound - lam * space.n_layers
+        if pre_bound is not None:  # every choice uses only kept options, or is worth at least the removed ones' bound
+            bound = max(pre.root, min(-np.inf if bound is None else bound, pre.excluded_bound))
         best = red.opts_of(r.choice)
         kept = ""
         if opts is not None and prog.value(best) > inc_value:
             best, kept = opts, "; the solver's choice was worse than the incumbent, which is kept"
         value = prog.value(best)
         proven = _closed(value, bound, max(abs_tol, REL_GAP * abs(value))) or (r.optimal and bound is not None)
-        return result(best, bound, None, proven, r.status if r.status != "optimal" else "not_proven", backend.name,
-                      f"{why}; {inc_note}; {r.solver_note.split('; ', 1)[-1]}{kept}")
+        return result(best, bound, None if pre_bound is None else pre.root, proven, r.status if r.status != "optimal" else "not_proven", backend.name,
+                      f"{why}; {inc_note}{pre_note}; {r.solver_note.split('; ', 1)[-1]}{kept}")
     note = "; ".join(notes + ["no MIP solver could solve the model" if backends else "no MIP solver installed"])
     if opts is None:
         raise SolverError(f"{note}, and the heuristic found no choice meeting every budget at once; install highspy or loosen a budget")
     return result(opts, None, None, False, "heuristic", "heuristic",
                   f"{note}: the heuristic's choice ({inc_note}), not proven optimal; install highspy for a proof")
+
+
+def _has_highspy() -> bool:
+    try:
+        import highspy  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _exact_cvxpy_model(G, red: Reduction, prog: OneHotProgram, opts, lam, budget_rlt):

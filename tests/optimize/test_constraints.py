@@ -167,3 +167,33 @@ def test_no_good_rows_give_the_k_best_choices_in_order(psd):
         seen.append(r.choice)
         cuts.append(CostRow(f"_exclude{len(cuts)}", space.one_hot(r.choice), space.n_layers - 1))
     assert [float(space.one_hot(c) @ G @ space.one_hot(c)) for c in seen] == pytest.approx(values[:5], rel=1e-9, abs=1e-12)
+
+
+def test_restricted_reduction_admits_exactly_the_choices_of_the_kept_options():
+    """Reduction.restricted(keep) (what SCIP and Gurobi solve after HiGHS's root and probing):
+    with ties and a mask, a choice of the space is admitted iff its reduced options are all kept,
+    and its value in the restricted program is its value in the full one."""
+    from itertools import product
+
+    space, G, _, bops, latency = instance(4)
+    allowed, ties = restrictions(space)
+    red = Reduction(space, Constraints(three_budgets(space, bops, latency, f=(1.0, 1.0, 1.0)), allowed, ties))
+    rng = np.random.default_rng(0)
+    keep = rng.random(len(red.layer)) < 0.7
+    for g in range(red.layer.max() + 1):  # at least one option per group
+        keep[np.nonzero(red.layer == g)[0][0]] = True
+    sub = Reduction.restricted(red, keep)
+    full_prog, sub_prog = red.program(G), sub.program(G)
+    seen = 0
+    for choice in product(range(len(space.candidates)), repeat=space.n_layers):
+        opts = red.opts_of(choice)
+        if opts is None:
+            assert sub.opts_of(choice) is None
+            continue
+        sub_opts = sub.opts_of(choice)
+        assert (sub_opts is not None) == bool(keep[opts].all())
+        if sub_opts is not None:
+            seen += 1
+            assert sub.choice(sub_opts) == list(choice)
+            assert sub_prog.value(sub_opts) == pytest.approx(full_prog.value(opts), rel=1e-12, abs=1e-12)
+    assert 0 < seen < sum(red.opts_of(c) is not None for c in product(range(3), repeat=space.n_layers))

@@ -215,10 +215,19 @@ def test_exact_when_the_solver_returns_nothing_keeps_the_incumbent(monkeypatch):
 
     monkeypatch.setattr(solvers, "_solve", no_solution)
     space, G = clado_like(0, 6)
-    result = solve_iqp(G, space, budget_at(space, 0.3), psd="exact", solver="scip", time_limit=5)
+    result = solve_iqp(G, space, budget_at(space, 0.3), psd="exact", solver="scip", time_limit=5,
+                       formulation="pair+budget-rlt")
     assert result.solver == "scip" and result.status == "time_limit" and not result.optimal
     assert result.objective == result.incumbent_objective and result.best_bound is None
     assert "the incumbent is the answer" in result.solver_note
+    if "HIGHS" in INSTALLED:  # the default formulation: HiGHS's root bound is kept
+        space, G = clado_like(13, 9)
+        budget = budget_at(space, 0.1)
+        _, best = brute_force(space, budget, lambda x: x @ G @ x)
+        result = solve_iqp(G, space, budget, psd="exact", solver="scip", time_limit=5)
+        assert result.status == "time_limit" and not result.optimal and result.objective == result.incumbent_objective
+        assert result.best_bound == result.root_bound and result.best_bound < best
+        assert "HiGHS first" in result.solver_note and "the incumbent is the answer" in result.solver_note
 
 
 def test_exact_without_any_solver_answers_with_the_heuristic(monkeypatch):
@@ -290,3 +299,24 @@ def test_a_vanishing_time_limit_still_answers_with_the_incumbent(solver):
     result = solve_iqp(G, space, budget, psd="exact", solver=solver, time_limit=1e-9)
     assert result.status in ("time_limit", "optimal") and space.fits(result.choice, budget)
     assert result.objective <= result.incumbent_objective + 1e-12
+
+
+@pytest.mark.parametrize("solver", [solver_param("scip"), solver_param("gurobi")])
+def test_scip_and_gurobi_finish_after_highs_root_and_probing(solver):
+    """With the default (root) formulation and highspy installed, SCIP and Gurobi solve only the
+    options HiGHS's root and probing left; the answer is still the brute-force optimum and the
+    bound a bound on it. With `pair+budget-rlt` they get the whole program."""
+    if "HIGHS" not in INSTALLED:
+        pytest.skip("highs not installed")
+    space, G = clado_like(13, 9)  # its root LP is 16% below the optimum; probing keeps 18 of 27 options
+    budget = budget_at(space, 0.1)
+    _, best = brute_force(space, budget, lambda x: x @ G @ x)
+    r = solve_iqp(G, space, budget, psd="exact", solver=solver, time_limit=60, heuristic_seconds=0.05)
+    assert_true_answer(r, space, budget, G)
+    assert r.optimal and r.objective == pytest.approx(best, rel=1e-6, abs=1e-9)
+    assert r.best_bound <= best + 1e-9 * abs(best) and r.root_bound <= r.best_bound
+    assert "HiGHS first: root LP" in r.solver_note and "reduced-cost fixing (probing" in r.solver_note, r.solver_note
+    whole = solve_iqp(G, space, budget, psd="exact", solver=solver, time_limit=60, heuristic_seconds=0.05,
+                      formulation="pair+budget-rlt")
+    assert "HiGHS first" not in whole.solver_note and whole.root_bound is None
+    assert whole.objective == pytest.approx(best, rel=1e-6, abs=1e-9)
