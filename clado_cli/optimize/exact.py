@@ -288,12 +288,11 @@ def probe_fixing(prog: OneHotProgram, d: np.ndarray, root: float, value: float, 
             best = (one_y[:, live] - zero_row[:, live]).min(axis=1) + block_zero
             other = layer != m
             probe[other] += best[other]
-        # the other options of i's layer at 0, with their pairs to live options outside the layer
-        other_cost = zero_x * keep + (zero_y * ~dead[None, :] * ~same).sum(axis=1) * keep
+        # the other live options of i's layer at 0, with their pairs to live options of other layers
+        # (options of one layer share no pair column)
+        other_cost = (zero_x + zero_row.sum(axis=1)) * keep
         layer_sum = np.bincount(layer, weights=other_cost, minlength=L)
         probe += layer_sum[layer] - other_cost
-        # pairs between two other options of i's layer and... (not in one layer: none); pairs of the
-        # other options of i's layer with each other are within the layer (no column)
         out = keep & (probe > value + margin)
         out[np.asarray(incumbent)] = False  # numerically safe: the incumbent itself always stays
         if not out.any():
