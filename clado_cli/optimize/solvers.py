@@ -6,11 +6,13 @@ the budget. The IQP minimizes x'Gx with G indefinite; three treatments (`psd`):
 - exact (the recommended one): x'Gx itself. A heuristic incumbent first (heuristic.py: greedy,
   local search, neighbourhood search with exact subproblems), then
   - highs (highspy, directly): the root LP of the strongest linearization (pair variables with
-    one-hot RLT and budget RLT rows, linearize.py), reduced-cost fixing against the incumbent,
-    and HiGHS's MIP on what is left, started from the incumbent (exact.py);
+    one-hot RLT and budget RLT rows, linearize.py), reduced-cost fixing by probing against the
+    incumbent, and HiGHS's MIP on what is left, started from the incumbent (exact.py);
   - scip (through CVXPY): the same linearization as one MIP;
   - gurobi (through CVXPY): `quad_form(x, psd_wrap(G + λI)) − λL`, which equals x'Gx on one-hot
     x; the pip licence refuses a quadratic model with more than 200 variables;
+  - with a root formulation (the default) and highspy installed, scip and gurobi first get
+    HiGHS's root LP and probing (exact.root_fixing) and solve only the options left;
   - auto: highs, scip, gurobi (measured order, docs/solvers.md), the first installed one that
     accepts the model; with none installed, the heuristic's choice (status "heuristic").
   The answer is never worse than the incumbent, whatever the solver returned.
