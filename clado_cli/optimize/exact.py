@@ -13,7 +13,8 @@
 3. The MIP of what is left, by HiGHS, started from the incumbent, until the time limit.
 The bound reported is max(root bound, min(MIP bound, bound of the removed options)); every value
 is x'Qx itself (no shift, no clipping). That is formulation "root+pair+budget-rlt", the default
-(measured fastest to a proof on every measured-G instance from 12x3 to 100x3, docs/solvers.md).
+(measured fastest to a proof on 9 of 10 measured-G instances from 12x3 to 100x3 and within 4% on
+the tenth, docs/solvers.md).
 "pair" and "pair+budget-rlt" hand the whole program to HiGHS's MIP from the incumbent.
 "root-lazy+pair+budget-rlt" solves the root with the budget RLT rows separated lazily
 (_lazy_root; every round's bound is the full model's Lagrangian bound) and hands the MIP only
