@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import UsageError
 from .optimize import Budget, parse_budget_list, resolve_budget_spec
-from .optimize.budget import MAX_SWEEP_POINTS
+from .optimize.budget import sweep_points
 from .optimize.constraints import Constraints, CostRow, Reduction, size_row
 from .optimize.problem import OptionSpace
 
@@ -69,13 +69,7 @@ def bound_list(name: str, text: str) -> List[str]:
         parts = body.split(":")
         if len(parts) != 3:
             raise UsageError(f"invalid {what} sweep {text!r}: expected start:stop:step")
-        start, stop, step = (parse(p) for p in parts)
-        if step <= 0 or stop < start:
-            raise UsageError(f"invalid {what} sweep {text!r}: the step must be above zero and the stop not below the start")
-        count = int((stop - start) / step) + 1
-        if count > MAX_SWEEP_POINTS:
-            raise UsageError(f"invalid {what} sweep {text!r}: {count} points, at most {MAX_SWEEP_POINTS} allowed")
-        points = [start + k * step for k in range(count)]
+        points = sweep_points(*(parse(p) for p in parts), text, what=what, positive_start=False)
     else:
         points = [parse(p) for p in body.split(",")]
     return [f"{REL_PREFIX}{_text(p)}" if rel else _text(p) for p in points]

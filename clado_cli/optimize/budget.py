@@ -133,17 +133,19 @@ def resolve_budget_spec(spec: str, decided_numel: int) -> Budget:
     return Budget(given=text, bytes=parse_size(text))
 
 
-def _sweep(start: Decimal, stop: Decimal, step: Decimal, text: str) -> List[Decimal]:
-    """start, start+step, ... up to stop inclusive (exact decimal arithmetic, so stop is hit exactly)."""
-    if start <= 0:
-        raise UsageError(f"invalid budget sweep {text!r}: the start must be above zero")
+def sweep_points(start: Decimal, stop: Decimal, step: Decimal, text: str, what: str = "budget",
+                 positive_start: bool = True) -> List[Decimal]:
+    """start, start+step, ... up to stop inclusive (exact decimal arithmetic, so stop is hit exactly).
+    `what` names the budget in errors; positive_start=False admits a start of 0 (rel: fractions)."""
+    if positive_start and start <= 0:
+        raise UsageError(f"invalid {what} sweep {text!r}: the start must be above zero")
     if step <= 0:
-        raise UsageError(f"invalid budget sweep {text!r}: the step must be above zero")
+        raise UsageError(f"invalid {what} sweep {text!r}: the step must be above zero")
     if stop < start:
-        raise UsageError(f"invalid budget sweep {text!r}: the stop is below the start")
+        raise UsageError(f"invalid {what} sweep {text!r}: the stop is below the start")
     count = _floor_int((stop - start) / step) + 1
     if count > MAX_SWEEP_POINTS:
-        raise UsageError(f"invalid budget sweep {text!r}: {count} points, at most {MAX_SWEEP_POINTS} allowed")
+        raise UsageError(f"invalid {what} sweep {text!r}: {count} points, at most {MAX_SWEEP_POINTS} allowed")
     return [start + k * step for k in range(count)]
 
 
@@ -166,12 +168,12 @@ def parse_budget_list(text: str) -> List[str]:
         if len(parts) != 3:
             raise UsageError(f"invalid budget sweep {text!r}: expected start:stop:step, e.g. 2MB:6MB:0.5MB or avg:2:8:0.5")
         if is_avg:
-            points = _sweep(*(_bits_number(p, text) for p in parts), text)
+            points = sweep_points(*(_bits_number(p, text) for p in parts), text)
             specs = [f"{AVG_PREFIX}{_decimal_text(p)}" for p in points]
         else:
             (start, unit), *rest = [_number_and_unit(p) for p in parts]
             stop, step = (number * SIZE_UNITS[u] / SIZE_UNITS[unit] for number, u in rest)
-            specs = [f"{_decimal_text(p)}{unit}" for p in _sweep(start, stop, step, text)]
+            specs = [f"{_decimal_text(p)}{unit}" for p in sweep_points(start, stop, step, text)]
     else:
         items = [p.strip() for p in body.split(",")]
         specs = [f"{AVG_PREFIX}{_decimal_text(_bits_number(p, text))}" for p in items] if is_avg else items
