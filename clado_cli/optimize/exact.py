@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .heuristic import OneHotProgram
-from .linearize import LinearModel, build, lagrangian_bound
+from .linearize import LinearModel, build, lagrangian_bound, pairs
 
 
 @dataclass
@@ -256,18 +256,13 @@ def probe_fixing(prog: OneHotProgram, d: np.ndarray, root: float, value: float, 
     Returns (keep mask, bound of the removed options (inf if none), rounds)."""
     n = len(prog.layer)
     layer, L = prog.layer, prog.n_layers
-    first, second = np.triu_indices(n, 1)
-    across = layer[first] != layer[second]
-    first, second = first[across], second[across]
+    first, second = pairs(layer)
     dx = d[:n]
-    dy = np.zeros((n, n))
+    dy = np.zeros((n, n))  # 0 where there is no pair column (options of one layer)
     dy[first, second] = d[n:]
     dy[second, first] = d[n:]
     one_x, zero_x = np.maximum(dx, 0.0), np.maximum(-dx, 0.0)
     one_y, zero_y = np.maximum(dy, 0.0), np.maximum(-dy, 0.0)
-    same = layer[:, None] == layer[None, :]
-    one_y[same] = 0.0
-    zero_y[same] = 0.0
     margin = 1e-9 * max(1.0, abs(value))
     keep = np.ones(n, dtype=bool)
     keep_bound = np.inf
@@ -278,7 +273,7 @@ def probe_fixing(prog: OneHotProgram, d: np.ndarray, root: float, value: float, 
         dead = ~keep
         # baseline: removed options (and all their pairs) at 0
         pair_dead = dead[:, None] | dead[None, :]
-        base = root + zero_x[dead].sum() + (zero_y * np.triu(pair_dead & ~same, 1)).sum()
+        base = root + zero_x[dead].sum() + (zero_y * np.triu(pair_dead, 1)).sum()
         zero_row = zero_y * ~dead[None, :]  # pairs of i with live options; dead ones are already at 0 in base
         probe = base + one_x
         for m in range(L):

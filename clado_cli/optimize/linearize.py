@@ -70,14 +70,20 @@ def reduced_sizes(prog: OneHotProgram, r: int = 0):
     return s / W, "binding"
 
 
+def pairs(layer: np.ndarray):
+    """The pair columns' options, in column order: (first[k], second[k]), first < second, of
+    different layers."""
+    first, second = np.triu_indices(len(layer), 1)
+    across = layer[first] != layer[second]
+    return first[across], second[across]
+
+
 def build(prog: OneHotProgram, budget_rlt: bool = True, budget_rlt_complement: bool = False,
           rlt_options: Optional[np.ndarray] = None) -> LinearModel:
     """The linearization of prog (see the module text). rlt_options: options whose budget RLT row
     is included (default all, when budget_rlt)."""
     Q, layer, n, L = prog.Q, prog.layer, len(prog.layer), prog.n_layers
-    first, second = np.triu_indices(n, 1)
-    across = layer[first] != layer[second]
-    first, second = first[across], second[across]
+    first, second = pairs(layer)
     P = len(first)
     pair_of = np.full((n, n), -1, dtype=np.int64)
     pair_of[first, second] = pair_of[second, first] = n + np.arange(P)

@@ -382,7 +382,7 @@ def _solve_exact(G: np.ndarray, red: Reduction, solver: str, time_limit: float,
         # a root formulation: HiGHS's root LP and probing first (when highspy is there), then this
         # solver on the options left (exact.root_fixing; measured, docs/solvers.md)
         sub, pre, pre_note = red, None, ""
-        if FORMULATIONS[formulation][1] and opts is not None and remaining > 0 and _has_highspy():
+        if FORMULATIONS[formulation][1] and opts is not None and remaining > 0 and _installed("highs"):
             with _solver_output_to_stderr():
                 pre = root_fixing(prog, opts, deadline, max(abs_tol, REL_GAP * abs(inc_value)), formulation)
             pre_note = f"; HiGHS first: {'; '.join(pre.notes)}"
@@ -429,12 +429,11 @@ def _solve_exact(G: np.ndarray, red: Reduction, solver: str, time_limit: float,
                   f"{note}: the heuristic's choice ({inc_note}), not proven optimal; install highspy for a proof")
 
 
-def _has_highspy() -> bool:
-    try:
-        import highspy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _installed(name: str) -> bool:
+    """Whether CVXPY has the solver (what _backends_for goes by)."""
+    import cvxpy as cp
+
+    return SOLVERS.get(name).cvxpy_name in cp.installed_solvers()
 
 
 def _exact_cvxpy_model(G, red: Reduction, prog: OneHotProgram, opts, lam, budget_rlt):
