@@ -392,9 +392,9 @@ def _solve_exact(G: np.ndarray, red: Reduction, solver: str, time_limit: float,
             if pre.root is not None:
                 sub = red.restricted(pre.keep)
             remaining = deadline - time.perf_counter()
-        pre_bound = pre.bound if pre is not None else None
+        pre_bound, pre_root = (pre.bound, pre.root) if pre is not None else (None, None)
         if remaining <= 0:
-            return result(opts, pre_bound, None if pre_bound is None else pre.root, False, "time_limit", backend.name,
+            return result(opts, pre_bound, pre_root, False, "time_limit", backend.name,
                           f"{why}; {inc_note}{pre_note}; the time limit was spent before {backend.name} could start; the incumbent is the answer")
         lam = shift_lambda(G) if backend.name == "gurobi" else 0.0
         sub_opts = None if opts is None else sub.opts_of(red.choice(opts))
@@ -404,7 +404,7 @@ def _solve_exact(G: np.ndarray, red: Reduction, solver: str, time_limit: float,
                        gaps=(0.0, max(abs_tol, REL_GAP * abs(inc_value or 0.0))), order=EXACT_AUTO_ORDER,
                        backends=([backend], []))
         except _NoSolution as exc:
-            return result(opts, pre_bound, None if pre_bound is None else pre.root, False, "time_limit", backend.name,
+            return result(opts, pre_bound, pre_root, False, "time_limit", backend.name,
                           f"{why}; {inc_note}{pre_note}; {exc}; the incumbent is the answer")
         except SolverError as exc:
             if explicit:
@@ -412,15 +412,15 @@ def _solve_exact(G: np.ndarray, red: Reduction, solver: str, time_limit: float,
             notes.append(str(exc).split("; try another solver")[0])
             continue
         bound = None if r.best_bound is None else r.best_bound - lam * space.n_layers
-        if pre_bound is not None:  # every choice uses only kept options, or is worth at least the removed ones' bound
-            bound = max(pre.root, min(-np.inf if bound is None else bound, pre.excluded_bound))
+        if pre_root is not None:  # every choice uses only kept options, or is worth at least the removed ones' bound
+            bound = max(pre_root, min(-np.inf if bound is None else bound, pre.excluded_bound))
         best = red.opts_of(r.choice)
         kept = ""
         if opts is not None and prog.value(best) > inc_value:
             best, kept = opts, "; the solver's choice was worse than the incumbent, which is kept"
         value = prog.value(best)
         proven = _closed(value, bound, max(abs_tol, REL_GAP * abs(value))) or (r.optimal and bound is not None)
-        return result(best, bound, None if pre_bound is None else pre.root, proven, r.status if r.status != "optimal" else "not_proven", backend.name,
+        return result(best, bound, pre_root, proven, r.status if r.status != "optimal" else "not_proven", backend.name,
                       f"{why}; {inc_note}{pre_note}; {r.solver_note.split('; ', 1)[-1]}{kept}")
     note = "; ".join(notes + ["no MIP solver could solve the model" if backends else "no MIP solver installed"])
     if opts is None:
